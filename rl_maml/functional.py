@@ -1,0 +1,95 @@
+"""Functional application of ``nn.Module`` objects, batched over tasks.
+
+Every model in rl_maml is an ordinary ``nn.Module``; the engine never mutates its parameters.
+Instead it holds them as a dict (see :mod:`rl_maml.types`) and applies the module with
+``torch.func.functional_call``. Per-task parameters carry a leading task axis and are applied with
+``torch.func.vmap`` so that a whole meta-batch runs in one call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from rl_maml.types import Buffers, Params
+
+
+def params_of(module: nn.Module) -> Params:
+    """The module's trainable parameters as a name -> tensor dict (the live tensors, not copies)."""
+    return {name: p for name, p in module.named_parameters() if p.requires_grad}
+
+
+def buffers_of(module: nn.Module) -> dict[str, Tensor]:
+    """The module's buffers as a name -> tensor dict."""
+    return dict(module.named_buffers())
+
+
+def expand_params(params: Params, num_tasks: int) -> Params:
+    """Give every tensor a leading task axis of size ``num_tasks`` without copying.
+
+    The expansion is a view of the shared tensor, so gradients with respect to the expanded
+    tensor are per-task gradients and gradients flow back to the shared initialisation.
+    """
+    return {k: v.unsqueeze(0).expand(num_tasks, *v.shape) for k, v in params.items()}
+
+
+def task_slice(params: Params, index: int) -> Params:
+    """Parameters of one task out of batched parameters."""
+    return {k: v[index] for k, v in params.items()}
+
+
+def stack_params(per_task: list[Params]) -> Params:
+    """Inverse of :func:`task_slice` over all tasks: a list of M dicts -> one batched dict."""
+    return {k: torch.stack([p[k] for p in per_task]) for k in per_task[0]}
+
+
+class TaskBatchedModel:
+    """Applies one ``nn.Module`` with a different parameter set per task, for all tasks at once.
+
+    Args:
+        module: any module. Its parameters give the names and shapes; its buffers are shared by
+            all tasks. Batch norm must compute statistics from basic tensor ops (see
+            :class:`rl_maml.nn.BatchNorm2d`), since ``vmap`` over ``nn.BatchNorm2d`` gives wrong
+            second-order gradients.
+        criterion: ``criterion(prediction, target) -> scalar`` for one task's batch, e.g.
+            ``torch.nn.functional.mse_loss``.
+    """
+
+    def __init__(self, module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]):
+        self.module = module
+        self.criterion = criterion
+
+        def forward_one(params: Params, buffers: Buffers, x: Tensor) -> Tensor:
+            return functional_call(module, (params, buffers), (x,))
+
+        def loss_one(params: Params, buffers: Buffers, x: Tensor, y: Tensor) -> Tensor:
+            return criterion(forward_one(params, buffers, x), y)
+
+        self._forward_one = forward_one
+        self._loss_one = loss_one
+        self._forward = vmap(forward_one, in_dims=(0, None, 0))
+        self._loss = vmap(loss_one, in_dims=(0, None, 0, 0))
+
+    def buffers(self) -> dict[str, Tensor]:
+        return buffers_of(self.module)
+
+    def forward(self, params: Params, x: Tensor) -> Tensor:
+        """Batched predictions: ``params`` ``[M, ...]``, ``x`` ``[M, K, ...]`` -> ``[M, K, ...]``."""
+        return self._forward(params, self.buffers(), x)
+
+    def task_losses(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+        """One loss per task: ``data = (x [M, K, ...], y [M, K, ...])`` -> ``[M]``."""
+        x, y = data
+        return self._loss(params, self.buffers(), x, y)
+
+    def forward_single(self, params: Params, x: Tensor) -> Tensor:
+        """Unbatched forward for one task's parameters (used by per-task reference loops)."""
+        return self._forward_one(params, self.buffers(), x)
+
+    def loss_single(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+        """Unbatched loss for one task: ``data = (x [K, ...], y [K, ...])`` -> scalar."""
+        x, y = data
+        return self._loss_one(params, self.buffers(), x, y)

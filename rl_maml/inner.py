@@ -1,0 +1,331 @@
+"""The inner update: gradient steps that adapt the initial parameters to every task at once.
+
+One call adapts all M tasks of a meta-batch. The per-task losses ``[M]`` are summed and
+differentiated once with respect to the batched parameters ``[M, ...]``: since tasks do not
+interact, the gradient of the sum with respect to task m's copy is task m's own gradient, so a
+single ``autograd.grad`` gives all M gradients (the same result as ``vmap(grad(loss))``).
+
+Keeping the graph (``create_graph=True``) makes the adapted parameters differentiable functions
+of the initial ones: the outer loss then yields the exact second-order MAML meta-gradient
+(Finn, Abbeel and Levine 2017, arXiv 1703.03400). First-order MAML drops the graph of the
+gradients but keeps the identity path ``theta' = theta - alpha * g``.
+
+Step sizes and masks are small objects:
+
+- :class:`ConstantStepSize` (one scalar, optionally scaled per step),
+  :class:`PerTensorStepSize` (one float per parameter tensor) and
+  :class:`LearnedStepSize` (tensors the outer loop optimises; per tensor or per element as in
+  Meta-SGD, arXiv 1707.09835);
+- :class:`AdaptationMask`: which parameter tensors adapt at which inner step. Tensors left out
+  are not differentiated at all: autograd is asked only for the adapted ones, so it computes no
+  weight gradient for the others and stops backpropagating below the lowest adapted layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from rl_maml.config import InnerConfig
+from rl_maml.functional import expand_params
+from rl_maml.types import Params
+
+__all__ = [
+    "StepSize",
+    "ConstantStepSize",
+    "PerTensorStepSize",
+    "LearnedStepSize",
+    "AdaptationMask",
+    "InnerLoop",
+    "make_inner_loop",
+]
+
+
+class StepSize(Protocol):
+    """``step_size(step, name)``: the inner learning rate for tensor ``name`` at inner step ``step``."""
+
+    def __call__(self, step: int, name: str) -> float | Tensor: ...
+
+
+def _check_rate(value: float, what: str) -> float:
+    value = float(value)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{what} must be a finite number >= 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class ConstantStepSize:
+    """One scalar step size for every tensor.
+
+    Args:
+        value: the step size alpha.
+        step_scales: optional multipliers per inner step; steps past the end use the last one.
+            ``(1.0, 0.5)`` gives the MAML paper's RL evaluation schedule (alpha, then alpha/2).
+    """
+
+    value: float
+    step_scales: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_rate(self.value, "inner_lr")
+        for s in self.step_scales:
+            _check_rate(s, "step scale")
+
+    def __call__(self, step: int, name: str) -> float:
+        if not self.step_scales:
+            return self.value
+        return self.value * self.step_scales[min(step, len(self.step_scales) - 1)]
+
+
+@dataclass(frozen=True)
+class PerTensorStepSize:
+    """A fixed step size per parameter tensor; names missing from ``values`` use ``default``."""
+
+    values: Mapping[str, float]
+    default: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, v in self.values.items():
+            _check_rate(v, f"step size of {name!r}")
+        if self.default is not None:
+            _check_rate(self.default, "default step size")
+
+    def __call__(self, step: int, name: str) -> float:
+        if name in self.values:
+            return self.values[name]
+        if self.default is None:
+            raise KeyError(
+                f"no step size for parameter {name!r}: give it one in PerTensorStepSize.values "
+                f"or set a default (known: {sorted(self.values)})"
+            )
+        return self.default
+
+
+def _key(name: str) -> str:
+    # nn.ParameterDict keys may not contain '.', parameter names do.
+    return name.replace(".", "__")
+
+
+class LearnedStepSize(nn.Module):
+    """Step sizes that are themselves parameters of the outer loop.
+
+    Args:
+        params: the model parameters whose step sizes are learned (names and shapes).
+        init: initial value of every step size.
+        per_element: one step size per parameter entry (Meta-SGD) instead of one per tensor.
+    """
+
+    def __init__(self, params: Params, init: float, per_element: bool = False):
+        super().__init__()
+        _check_rate(init, "initial step size")
+        self.names = tuple(params)
+        self.per_element = per_element
+        self.rates = nn.ParameterDict(
+            {
+                _key(n): nn.Parameter(
+                    torch.full(p.shape if per_element else (), float(init), dtype=p.dtype, device=p.device)
+                )
+                for n, p in params.items()
+            }
+        )
+
+    def __call__(self, step: int, name: str) -> Tensor:  # type: ignore[override]
+        return self.rates[_key(name)]
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """Name -> current step-size tensor (for logging)."""
+        return {n: self.rates[_key(n)] for n in self.names}
+
+
+@dataclass(frozen=True)
+class AdaptationMask:
+    """Which parameter tensors adapt at each inner step.
+
+    ``steps[s]`` is the set of names adapted at inner step ``s``; steps past the end reuse the
+    last entry (so a one-row mask applies to every step). Names not listed keep their current
+    value and cost no gradient computation.
+    """
+
+    steps: tuple[frozenset[str], ...]
+
+    def __post_init__(self) -> None:
+        if not self.steps:
+            raise ValueError("an AdaptationMask needs at least one step")
+
+    @classmethod
+    def only(cls, names: Collection[str]) -> AdaptationMask:
+        """Adapt the same tensors at every step (e.g. the head only, as in ANIL)."""
+        return cls((frozenset(names),))
+
+    @classmethod
+    def from_table(cls, table: Sequence[Sequence[bool]], groups: Sequence[Collection[str]]) -> AdaptationMask:
+        """From a boolean table ``[steps][groups]`` and the parameter names of each group."""
+        rows = []
+        for s, row in enumerate(table):
+            if len(row) != len(groups):
+                raise ValueError(f"mask row {s} has {len(row)} entries, expected one per group ({len(groups)})")
+            rows.append(frozenset(n for adapt, names in zip(row, groups) if adapt for n in names))
+        return cls(tuple(rows))
+
+    def names_at(self, step: int) -> frozenset[str]:
+        return self.steps[min(step, len(self.steps) - 1)]
+
+    def validate(self, names: Collection[str]) -> None:
+        unknown = set().union(*self.steps) - set(names)
+        if unknown:
+            raise ValueError(
+                f"adaptation mask names unknown parameters {sorted(unknown)}; model parameters are {sorted(names)}"
+            )
+
+
+@dataclass
+class InnerLoop:
+    """Gradient-descent adaptation shared by every learner in rl_maml.
+
+    Args:
+        step_size: a :class:`StepSize` (constant, per tensor or learned).
+        num_steps: inner gradient steps taken by :meth:`adapt`.
+        first_order: drop second-order terms (first-order MAML).
+        mask: which tensors adapt at each step; ``None`` adapts every tensor at every step.
+    """
+
+    step_size: StepSize
+    num_steps: int = 1
+    first_order: bool = False
+    mask: AdaptationMask | None = None
+    _validated: set[tuple[str, ...]] = field(default_factory=set, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.num_steps < 0:
+            raise ValueError(f"num_inner_steps must be >= 0, got {self.num_steps}")
+
+    def adapted_names(self, step: int, params: Params) -> list[str]:
+        """Names of the tensors adapted at ``step``, in the order of ``params``."""
+        if self.mask is None:
+            return list(params)
+        key = tuple(params)
+        if key not in self._validated:
+            self.mask.validate(key)
+            self._validated.add(key)
+        chosen = self.mask.names_at(step)
+        return [n for n in params if n in chosen]
+
+    def step(self, params: Params, losses: Tensor, step: int, *, create_graph: bool | None = None) -> Params:
+        """One gradient step on ``losses`` (``[M]`` per-task losses, or a scalar for one task).
+
+        Args:
+            params: current parameters, batched ``[M, ...]`` (or unbatched for a single task);
+                ``losses`` must be computed from them.
+            losses: the inner losses; their sum is differentiated.
+            step: the index of this inner step (selects step size and mask row).
+            create_graph: keep the graph for second-order gradients; defaults to
+                ``not first_order``.
+
+        Returns:
+            New parameters; tensors not adapted at this step are the same objects as in ``params``.
+        """
+        if create_graph is None:
+            create_graph = not self.first_order
+        names = self.adapted_names(step, params)
+        if not names:
+            return dict(params)
+        if not losses.requires_grad:
+            raise RuntimeError(
+                "inner loss does not require grad: compute it from params that require grad, "
+                "outside torch.no_grad() (use InnerLoop.adapt, which prepares them)"
+            )
+        grads = torch.autograd.grad(
+            losses.sum(), [params[n] for n in names], create_graph=create_graph, allow_unused=True
+        )
+        new = dict(params)
+        for n, g in zip(names, grads):
+            if g is not None:  # a tensor the loss does not depend on stays as it is
+                new[n] = params[n] - self.step_size(step, n) * g
+        return new
+
+    def trajectory(
+        self,
+        params: Params,
+        loss_fn: Callable[[Params, object], Tensor],
+        data: object,
+        *,
+        num_tasks: int | None = None,
+        num_steps: int | None = None,
+        create_graph: bool | None = None,
+    ) -> Iterator[Params]:
+        """Yield the parameters before adaptation and after each of ``num_steps`` steps.
+
+        Args:
+            params: initial parameters: unbatched (expanded to ``num_tasks`` tasks) or already
+                batched when ``num_tasks`` is None.
+            loss_fn: ``loss_fn(params, data) -> [M]`` per-task losses (a scalar for one task).
+            data: the support data passed to ``loss_fn``.
+            num_tasks: expand unbatched ``params`` to this many tasks.
+            num_steps: overrides ``self.num_steps``.
+            create_graph: see :meth:`step`.
+        """
+        if not torch.is_grad_enabled():
+            raise RuntimeError("the inner update needs autograd: do not call it under torch.no_grad()")
+        num_steps = self.num_steps if num_steps is None else num_steps
+        # Tensors that do not require grad (e.g. detached evaluation copies) become fresh leaves,
+        # so they can be differentiated without linking to anything.
+        current = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
+        if num_tasks is not None:
+            current = expand_params(current, num_tasks)
+        yield current
+        for s in range(num_steps):
+            current = self.step(current, loss_fn(current, data), s, create_graph=create_graph)
+            yield current
+
+    def adapt(
+        self,
+        params: Params,
+        loss_fn: Callable[[Params, object], Tensor],
+        data: object,
+        *,
+        num_tasks: int | None = None,
+        num_steps: int | None = None,
+        create_graph: bool | None = None,
+    ) -> Params:
+        """The parameters after ``num_steps`` inner steps (see :meth:`trajectory`)."""
+        last = params
+        for last in self.trajectory(
+            params, loss_fn, data, num_tasks=num_tasks, num_steps=num_steps, create_graph=create_graph
+        ):
+            pass
+        return last
+
+
+def make_inner_loop(config: InnerConfig, params: Params) -> tuple[InnerLoop, LearnedStepSize | None]:
+    """Build the :class:`InnerLoop` an :class:`~rl_maml.config.InnerConfig` describes.
+
+    Returns:
+        The inner loop, and the learned step-size module (to optimise with the outer loop) or None.
+    """
+    learned = None
+    step_size: StepSize
+    if config.step_size == "fixed":
+        if config.per_tensor_lr:
+            unknown = set(config.per_tensor_lr) - set(params)
+            if unknown:
+                raise ValueError(f"inner.per_tensor_lr names unknown parameters {sorted(unknown)}; known: {sorted(params)}")
+            step_size = PerTensorStepSize(dict(config.per_tensor_lr), default=config.inner_lr)
+        else:
+            step_size = ConstantStepSize(config.inner_lr)
+    else:
+        learned = LearnedStepSize(params, config.inner_lr, per_element=config.step_size == "learned_per_element")
+        step_size = learned
+    mask = None
+    if config.adapt is not None:
+        chosen = {n for n in params for pre in config.adapt if n == pre or n.startswith(pre + ".")}
+        unmatched = [pre for pre in config.adapt if not any(n == pre or n.startswith(pre + ".") for n in params)]
+        if unmatched:
+            raise ValueError(f"inner.adapt entries {unmatched} match no parameter; parameters are {sorted(params)}")
+        mask = AdaptationMask.only(chosen)
+    return InnerLoop(step_size, config.num_inner_steps, config.first_order, mask), learned
