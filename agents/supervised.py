@@ -1,0 +1,211 @@
+"""Learners for supervised task distributions: MAML and its two reference points.
+
+- :class:`MAMLLearner`: meta-trains an initialisation through the inner loop (Finn, Abbeel and
+  Levine 2017, arXiv 1703.03400); first-order, learned step sizes and masks come from its
+  :class:`~rl_maml.inner.InnerLoop`.
+- :class:`PretrainedLearner`: the non-adaptive baseline (NAL, "pretrained" in the MAML paper):
+  one network regressed on the pooled data of all training tasks, fine-tuned on the K shots at
+  test time.
+- :class:`OracleLearner`: sees each task's parameters as extra inputs; needs no adaptation.
+
+All three adapt with the same engine at evaluation time and share the verbs below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+from rl_maml.functional import TaskBatchedModel, expand_params, params_of
+from rl_maml.inner import ConstantStepSize, InnerLoop, LearnedStepSize
+from rl_maml.maml import meta_loss
+from rl_maml.tasks.base import TaskBatch
+from rl_maml.types import Params
+
+
+class SupervisedLearner:
+    """The shared protocol: a model, its parameters, an Adam outer loop and an evaluation inner loop.
+
+    Subclasses implement :meth:`loss` (what training minimises) and may override
+    :meth:`prepare_inputs` (what the network sees).
+
+    Args:
+        module: the network.
+        criterion: per-task loss ``criterion(prediction, target) -> scalar``.
+        outer_lr: Adam step size.
+        eval_inner: how the learner adapts at test time (step size, mask).
+        extra_modules: other modules whose parameters the outer loop trains (learned step sizes).
+    """
+
+    name = "learner"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        criterion: Callable[[Tensor, Tensor], Tensor],
+        outer_lr: float,
+        eval_inner: InnerLoop,
+        extra_modules: dict[str, nn.Module] | None = None,
+    ):
+        self.module = module
+        self.model = TaskBatchedModel(module, criterion)
+        self.params: Params = params_of(module)
+        self.extra_modules = dict(extra_modules or {})
+        trainable = list(self.params.values()) + [p for m in self.extra_modules.values() for p in m.parameters()]
+        self.optimizer = torch.optim.Adam(trainable, lr=outer_lr)
+        self.eval_inner = eval_inner
+
+    # -- what subclasses change ---------------------------------------------------------------
+    def prepare_inputs(self, x: Tensor, tasks: dict[str, Tensor]) -> Tensor:
+        """The network's input for raw inputs ``x`` ``[M, K, ...]`` of the given tasks."""
+        return x
+
+    def loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        """The training loss on one meta-batch and the metrics to log."""
+        raise NotImplementedError
+
+    # -- shared verbs -------------------------------------------------------------------------
+    def _prepared(self, batch: TaskBatch) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+        sx, sy = batch.support
+        qx, qy = batch.query
+        return (self.prepare_inputs(sx, batch.tasks), sy), (self.prepare_inputs(qx, batch.tasks), qy)
+
+    def train_step(self, batch: TaskBatch) -> dict[str, float]:
+        """One outer step on ``batch``; returns the logged metrics.
+
+        Raises:
+            FloatingPointError: the loss is NaN or infinite (the parameters are left unchanged).
+        """
+        loss, metrics = self.loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{self.name}: training loss became {loss.item()}; parameters were not updated. "
+                "Lower train.outer_lr or inner.inner_lr, or resume from an earlier checkpoint."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return metrics
+
+    def trajectory(self, batch: TaskBatch, num_steps: int) -> Iterator[Params]:
+        """Detached per-task parameters ``[M, ...]`` before and after each of ``num_steps`` test-time steps."""
+        support, _ = self._prepared(batch)
+        init = {k: v.detach() for k, v in self.params.items()}
+        for p in self.eval_inner.trajectory(
+            init, self.model.task_losses, support, num_tasks=batch.num_tasks, num_steps=num_steps, create_graph=False
+        ):
+            yield {k: v.detach() for k, v in p.items()}
+
+    def evaluate(self, batch: TaskBatch, num_steps: int) -> Tensor:
+        """Query losses after 0..num_steps test-time steps: ``[num_steps + 1, M]``."""
+        _, query = self._prepared(batch)
+        out = []
+        for p in self.trajectory(batch, num_steps):
+            with torch.no_grad():
+                out.append(self.model.task_losses(p, query))
+        return torch.stack(out)
+
+    def predict(self, params: Params, x: Tensor, tasks: dict[str, Tensor]) -> Tensor:
+        """Predictions of per-task ``params`` at raw inputs ``x`` ``[M, N, ...]``."""
+        with torch.no_grad():
+            return self.model.forward(params, self.prepare_inputs(x, tasks))
+
+    def state_dict(self) -> dict:
+        return {
+            "module": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "extra": {k: m.state_dict() for k, m in self.extra_modules.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for k, m in self.extra_modules.items():
+            m.load_state_dict(state["extra"][k])
+
+
+class MAMLLearner(SupervisedLearner):
+    """Model-Agnostic Meta-Learning (arXiv 1703.03400) on a supervised task distribution.
+
+    Args:
+        module: the network whose initialisation is meta-learned.
+        criterion: per-task loss.
+        inner: the inner loop used in training and (with its step sizes and mask) at test time.
+        outer_lr: Adam step size of the meta-update.
+        learned_step_size: the inner loop's learned step sizes, if any (trained by the outer loop).
+    """
+
+    name = "maml"
+
+    def __init__(
+        self,
+        module: nn.Module,
+        criterion: Callable[[Tensor, Tensor], Tensor],
+        inner: InnerLoop,
+        outer_lr: float,
+        learned_step_size: LearnedStepSize | None = None,
+    ):
+        extra = {"step_size": learned_step_size} if learned_step_size is not None else None
+        super().__init__(module, criterion, outer_lr, inner, extra)
+        self.inner = inner
+        self.learned_step_size = learned_step_size
+
+    def loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        support, query = self._prepared(batch)
+        result = meta_loss(self.model, self.params, self.inner, support, query)
+        metrics = {
+            "losses/support_pre": result.support_losses.mean().item(),
+            "losses/query_post": result.loss.item(),
+        }
+        if self.learned_step_size is not None:
+            for n, lr in self.learned_step_size.as_dict().items():
+                metrics[f"charts/inner_lr/{n}"] = lr.detach().mean().item()
+        return result.loss, metrics
+
+
+class PretrainedLearner(SupervisedLearner):
+    """The non-adaptive baseline (NAL): one network fitted to all training tasks' data at once.
+
+    At test time it is fine-tuned on each task's K shots by plain gradient descent with
+    ``finetune_lr``, through the same engine as MAML.
+    """
+
+    name = "pretrained"
+
+    def __init__(self, module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor], outer_lr: float,
+                 finetune_lr: float):
+        super().__init__(module, criterion, outer_lr, InnerLoop(ConstantStepSize(finetune_lr), first_order=True))
+
+    def loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        support, query = self._prepared(batch)
+        shared = expand_params(self.params, batch.num_tasks)
+        loss = 0.5 * (self.model.task_losses(shared, support).mean() + self.model.task_losses(shared, query).mean())
+        return loss, {"losses/train": loss.item()}
+
+
+class OracleLearner(PretrainedLearner):
+    """Receives the task's parameters as extra inputs (a lower bound on the achievable error).
+
+    The network's input is the raw input concatenated with the task's parameters (for the
+    sinusoid: amplitude and phase). It needs no adaptation, so :meth:`evaluate` reports the same
+    loss for every number of steps.
+    """
+
+    name = "oracle"
+
+    def __init__(self, module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor], outer_lr: float,
+                 task_keys: tuple[str, ...]):
+        super().__init__(module, criterion, outer_lr, finetune_lr=0.0)
+        self.task_keys = task_keys
+
+    def prepare_inputs(self, x: Tensor, tasks: dict[str, Tensor]) -> Tensor:
+        # x: [M, K, d]; each task parameter [M] is broadcast over the K points -> [M, K, d + n_keys]
+        extra = [tasks[k].view(-1, 1, 1).expand(x.shape[0], x.shape[1], 1).to(x) for k in self.task_keys]
+        return torch.cat([x, *extra], dim=-1)
+
+    def trajectory(self, batch: TaskBatch, num_steps: int) -> Iterator[Params]:
+        init = expand_params({k: v.detach() for k, v in self.params.items()}, batch.num_tasks)
+        for _ in range(num_steps + 1):
+            yield init

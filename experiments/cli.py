@@ -1,0 +1,159 @@
+"""The ``rl-maml`` command line.
+
+    rl-maml train CONFIG --run-dir DIR [--resume] [key=value ...]
+    rl-maml eval DIR [--checkpoint PATH] [eval.key=value ...]
+    rl-maml presets
+
+CONFIG is a YAML file or the name of a preset shipped in ``experiments/configs`` (``rl-maml
+presets`` lists them). ``key=value`` overrides use dotted keys (``train.num_iterations=500``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rl_maml.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
+from rl_maml.config import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+
+from .registry import benchmark_module
+
+PRESETS = Path(__file__).resolve().parent / "configs"
+# Keys that may change when a run is resumed: they do not change what the run computes.
+RESUMABLE_CHANGES = {"train.num_iterations", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every"}
+
+
+def presets() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(PRESETS.glob("*.yaml"))}
+
+
+def resolve_config_path(name: str) -> Path:
+    path = Path(name)
+    if path.is_file():
+        return path
+    found = presets()
+    if name in found:
+        return found[name]
+    raise ConfigError(f"config {name!r} is neither a file nor a preset; presets: {', '.join(found) or 'none'}")
+
+
+def build_config(raw: dict):
+    module = benchmark_module(raw.get("benchmark"))
+    return module, from_dict(module.CONFIG, raw)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    stored = run_dir / "config.yaml"
+    ckpts = list_checkpoints(run_dir / "checkpoints")
+    if args.resume:
+        if not stored.is_file():
+            raise ConfigError(f"--resume: {stored} does not exist; start the run without --resume")
+        old = load_yaml(stored)
+        raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides) if args.config else \
+            apply_overrides(old, args.overrides)
+        module, cfg = build_config(raw)
+        changed = sorted(k for k, v in _flatten(to_dict(cfg)).items() if _flatten(old).get(k, v) != v
+                         or k not in _flatten(old))
+        bad = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if bad:
+            raise ConfigError(
+                f"--resume: the config differs from the run's stored {stored} in {bad}; only "
+                f"{sorted(RESUMABLE_CHANGES)} may change when resuming. Start a new --run-dir instead."
+            )
+    else:
+        if args.config is None:
+            raise ConfigError("train needs a CONFIG (a YAML file or a preset name) unless --resume is given")
+        if ckpts or stored.is_file():
+            raise ConfigError(
+                f"{run_dir} already holds a run{f' (checkpoint at iteration {ckpts[-1][0]})' if ckpts else ''}; "
+                "pass --resume to continue it, or choose another --run-dir"
+            )
+        module, cfg = build_config(apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, stored)
+    print(f"run folder: {run_dir} (config.yaml, checkpoints/, tb/)", file=sys.stderr)
+    module.train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    print(f"trained: newest checkpoint {latest_checkpoint(run_dir / 'checkpoints')}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    stored = run_dir / "config.yaml"
+    if not stored.is_file():
+        raise ConfigError(f"{run_dir} is not a run folder: {stored} does not exist (train it with 'rl-maml train')")
+    bad = [o for o in args.overrides if not o.startswith("eval.")]
+    if bad:
+        raise ConfigError(f"eval accepts only eval.* overrides (the run's training config is fixed); got {bad}")
+    module, cfg = build_config(apply_overrides(load_yaml(stored), args.overrides))
+    checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint: train the run first")
+    module.evaluate(cfg, run_dir, checkpoint)
+    print((run_dir / "eval" / "results.md").read_text())
+    print(f"written: {run_dir / 'eval'} (results.json, results.md, figures)", file=sys.stderr)
+    return 0
+
+
+def cmd_presets(args: argparse.Namespace) -> int:
+    for name, path in presets().items():
+        print(f"{name:24s} {path}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rl-maml", description="Model-Agnostic Meta-Learning, batched over tasks.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="meta-train from a config")
+    t.add_argument("config", nargs="?", help="YAML file or preset name (optional with --resume)")
+    t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.num_iterations=500")
+    t.add_argument("--run-dir", required=True, help="folder for config, checkpoints and logs")
+    t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
+    t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.set_defaults(func=cmd_train)
+    e = sub.add_parser("eval", help="evaluate a trained run; writes RUN_DIR/eval/")
+    e.add_argument("run_dir")
+    e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.num_tasks=100")
+    e.add_argument("--checkpoint", help="checkpoint file (default: the newest in RUN_DIR/checkpoints)")
+    e.set_defaults(func=cmd_eval)
+    s = sub.add_parser("presets", help="list the shipped config presets")
+    s.set_defaults(func=cmd_presets)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
+    args, extra = p.parse_known_args(argv)
+    # key=value overrides may come after options (argparse stops collecting positionals there).
+    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+    if unknown:
+        p.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if hasattr(args, "overrides"):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        p.error(f"unrecognized arguments: {' '.join(extra)}")
+    # `train CONFIG k=v`: argparse puts a lone override into `config` when CONFIG is omitted.
+    if getattr(args, "config", None) and "=" in args.config and not Path(args.config).is_file():
+        args.overrides = [args.config, *args.overrides]
+        args.config = None
+    try:
+        return args.func(args)
+    except (ConfigError, CheckpointError, FloatingPointError) as e:
+        print(f"rl-maml: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""The supervised meta-training loop, shared by every supervised benchmark.
+
+One place runs the loop; learners only define their losses. Each iteration draws one meta-batch
+(from a stream seeded by ``(seed, iteration)``, so a resumed run sees exactly the batches an
+uninterrupted one would), gives it to every learner, logs averaged metrics to TensorBoard,
+shows a progress bar, and writes atomic checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from tqdm.auto import tqdm
+
+from rl_maml.checkpoint import (
+    CheckpointError,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from rl_maml.logger import RunLogger
+from rl_maml.tasks.base import TaskBatch
+
+
+class Learner(Protocol):
+    name: str
+
+    def train_step(self, batch: TaskBatch) -> dict[str, float]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def save_learners(path: Path, iteration: int, learners: Mapping[str, Learner]) -> None:
+    save_checkpoint(path, {"iteration": iteration, "learners": {k: v.state_dict() for k, v in learners.items()}})
+
+
+def load_learners(path: Path, learners: Mapping[str, Learner], device: str = "cpu") -> int:
+    """Restore every learner from checkpoint ``path``; returns the checkpoint's iteration."""
+    state = load_checkpoint(path, map_location=device)
+    missing = set(learners) - set(state["learners"])
+    if missing:
+        raise CheckpointError(f"checkpoint {path} has no state for {sorted(missing)} (it holds {sorted(state['learners'])})")
+    for name, learner in learners.items():
+        learner.load_state_dict(state["learners"][name])
+    return int(state["iteration"])
+
+
+class SupervisedTrainer:
+    """Runs meta-training for one or more learners on a shared stream of meta-batches.
+
+    Args:
+        run_dir: the run's folder; checkpoints go to ``run_dir/checkpoints``, TensorBoard events to
+            ``run_dir/tb``.
+        learners: name -> learner; all see the same meta-batches.
+        sample_batch: ``sample_batch(iteration) -> TaskBatch`` (deterministic in ``iteration``).
+        num_iterations: total meta-iterations of the run.
+        checkpoint_every, keep_checkpoints, log_every: see :class:`rl_maml.config.TrainConfig`.
+        progress: show a progress bar.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        learners: Mapping[str, Learner],
+        sample_batch: Callable[[int], TaskBatch],
+        num_iterations: int,
+        checkpoint_every: int = 1000,
+        keep_checkpoints: int = 3,
+        log_every: int = 100,
+        progress: bool = True,
+    ):
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.learners = dict(learners)
+        self.sample_batch = sample_batch
+        self.num_iterations = num_iterations
+        self.checkpoint_every = checkpoint_every
+        self.keep_checkpoints = keep_checkpoints
+        self.log_every = log_every
+        self.progress = progress
+
+    def resume(self, device: str = "cpu") -> int:
+        """Load the newest checkpoint; returns its iteration (0 when there is none)."""
+        path = latest_checkpoint(self.ckpt_dir)
+        return 0 if path is None else load_learners(path, self.learners, device)
+
+    def save(self, iteration: int) -> Path:
+        path = checkpoint_path(self.ckpt_dir, iteration)
+        save_learners(path, iteration, self.learners)
+        prune_checkpoints(self.ckpt_dir, self.keep_checkpoints)
+        return path
+
+    def run(self, start_iteration: int = 0) -> dict[str, float]:
+        """Train from ``start_iteration`` to ``num_iterations``; returns the last logged metrics."""
+        window: dict[str, float] = defaultdict(float)
+        count = 0
+        last: dict[str, float] = {}
+        bar = tqdm(
+            total=self.num_iterations, initial=start_iteration, desc="meta-train", disable=not self.progress,
+            dynamic_ncols=True, mininterval=1.0,
+        )
+        with RunLogger(self.run_dir / "tb", purge_step=start_iteration + 1 if start_iteration else None) as logger:
+            for iteration in range(start_iteration + 1, self.num_iterations + 1):
+                t0 = time.perf_counter()
+                batch = self.sample_batch(iteration)
+                window["time/sample_ms"] += 1e3 * (time.perf_counter() - t0)
+                for name, learner in self.learners.items():
+                    t1 = time.perf_counter()
+                    for key, value in learner.train_step(batch).items():
+                        window[f"{name}/{key}"] += value
+                    window[f"time/{name}_step_ms"] += 1e3 * (time.perf_counter() - t1)
+                window["time/iteration_ms"] += 1e3 * (time.perf_counter() - t0)
+                count += 1
+                if iteration % self.log_every == 0 or iteration == self.num_iterations:
+                    last = {k: v / count for k, v in window.items()}
+                    logger.log(iteration, last)
+                    shown = {k.split("/", 1)[0] + ":" + k.rsplit("/", 1)[-1]: f"{v:.3g}"
+                             for k, v in last.items() if "losses/" in k}
+                    bar.set_postfix(shown, refresh=False)
+                    window.clear()
+                    count = 0
+                if iteration % self.checkpoint_every == 0 or iteration == self.num_iterations:
+                    self.save(iteration)
+                    logger.flush()
+                bar.update(1)
+        bar.close()
+        if start_iteration >= self.num_iterations and latest_checkpoint(self.ckpt_dir) is None:
+            self.save(start_iteration)
+        return last

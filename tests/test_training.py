@@ -1,0 +1,96 @@
+"""The supervised training loop: resume equality, non-finite losses, learners' behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from rl_maml.config import from_dict
+from rl_maml.experiments.sinusoid import SinusoidConfig, build_learners, make_tasks
+from rl_maml.seeding import torch_generator
+from rl_maml.tasks.base import TaskBatch
+from rl_maml.training import SupervisedTrainer, load_learners
+
+
+def tiny_config(**train):
+    return from_dict(SinusoidConfig, {
+        "model": {"hidden_sizes": [16, 16]},
+        "inner": {"step_size": "learned"},  # learned step sizes must resume too
+        "train": {"meta_batch_size": 5, "checkpoint_every": 4, "log_every": 2, **train},
+    })
+
+
+def make_trainer(cfg, run_dir, fail_at=None):
+    learners = build_learners(cfg, torch.device("cpu"))
+    tasks = make_tasks(cfg)
+
+    def sample(iteration):
+        if iteration == fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return tasks.sample(5, 10, 10, torch_generator(cfg.seed, "sinusoid-train", iteration))
+
+    return SupervisedTrainer(run_dir, learners, sample, cfg.train.num_iterations, cfg.train.checkpoint_every,
+                             3, cfg.train.log_every, progress=False), learners
+
+
+def test_resume_ends_with_the_same_parameters(tmp_path):
+    cfg = tiny_config(num_iterations=12)
+    straight, learners_a = make_trainer(cfg, tmp_path / "a")
+    straight.run()
+
+    interrupted, _ = make_trainer(cfg, tmp_path / "b", fail_at=10)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.run()
+    resumed, learners_b = make_trainer(cfg, tmp_path / "b")
+    start = resumed.resume()
+    assert start == 8
+    resumed.run(start)
+
+    for name in learners_a:
+        sa, sb = learners_a[name].state_dict(), learners_b[name].state_dict()
+        for k in sa["module"]:
+            assert torch.equal(sa["module"][k], sb["module"][k]), (name, k)
+        for k in sa["extra"].get("step_size", {}):
+            assert torch.equal(sa["extra"]["step_size"][k], sb["extra"]["step_size"][k])
+    # The checkpoint on disk holds the same state, and restores it.
+    fresh = build_learners(cfg, torch.device("cpu"))
+    assert load_learners(tmp_path / "b" / "checkpoints" / "iter_0000012.pt", fresh) == 12
+    for k, v in learners_a["maml"].module.state_dict().items():
+        assert torch.equal(fresh["maml"].module.state_dict()[k], v)
+
+
+def test_non_finite_loss_raises_and_leaves_parameters(tmp_path):
+    cfg = tiny_config(num_iterations=1)
+    learners = build_learners(cfg, torch.device("cpu"))
+    batch = make_tasks(cfg).sample(5, 10, 10, torch.Generator().manual_seed(0))
+    bad = TaskBatch(batch.support, (batch.query[0], batch.query[1] * math.nan), batch.tasks)
+    for learner in learners.values():
+        before = {k: v.clone() for k, v in learner.module.state_dict().items()}
+        with pytest.raises(FloatingPointError, match="parameters were not updated"):
+            learner.train_step(bad)
+        for k, v in learner.module.state_dict().items():
+            assert torch.equal(v, before[k])
+
+
+def test_learners_improve_and_evaluate_shapes():
+    cfg = tiny_config(num_iterations=1)
+    learners = build_learners(cfg, torch.device("cpu"))
+    tasks = make_tasks(cfg)
+    test = tasks.sample(20, 10, 50, torch.Generator().manual_seed(123))
+    before = {n: l.evaluate(test, 2) for n, l in learners.items()}
+    for it in range(150):
+        batch = tasks.sample(5, 10, 10, torch_generator(0, "t", it))
+        for learner in learners.values():
+            learner.train_step(batch)
+    for name, learner in learners.items():
+        after = learner.evaluate(test, 2)
+        assert after.shape == (3, 20)
+        assert after[-1].mean() < before[name][-1].mean(), name
+    # The oracle does not adapt: its error is the same after any number of steps.
+    oracle = learners["oracle"].evaluate(test, 3)
+    assert torch.equal(oracle[0], oracle[3])
+    # Adaptation helps MAML on its own support data.
+    maml = learners["maml"].evaluate(test, 3)
+    assert maml[1].mean() < maml[0].mean()
