@@ -22,7 +22,7 @@ from rl_maml.functional import TaskBatchedModel, expand_params, params_of
 from rl_maml.inner import ConstantStepSize, InnerLoop, LearnedStepSize
 from rl_maml.maml import meta_loss
 from rl_maml.tasks.base import TaskBatch
-from rl_maml.types import Params
+from rl_maml.aliases import Params
 
 
 class SupervisedLearner:
@@ -159,9 +159,9 @@ class MAMLLearner(SupervisedLearner):
             "losses/support_pre": result.support_losses.mean().item(),
             "losses/query_post": result.loss.item(),
         }
-        if self.learned_step_size is not None:
-            for n, lr in self.learned_step_size.as_dict().items():
-                metrics[f"charts/inner_lr/{n}"] = lr.detach().mean().item()
+        for n in self.params:  # step sizes of the first inner step (learned ones change)
+            lr = self.inner.step_size(0, n)
+            metrics[f"charts/inner_lr/{n}"] = lr.detach().mean().item() if isinstance(lr, Tensor) else float(lr)
         return result.loss, metrics
 
 

@@ -1,7 +1,7 @@
 """Functional application of ``nn.Module`` objects, batched over tasks.
 
 Every model in rl_maml is an ordinary ``nn.Module``; the engine never mutates its parameters.
-Instead it holds them as a dict (see :mod:`rl_maml.types`) and applies the module with
+Instead it holds them as a dict (see :mod:`rl_maml.aliases`) and applies the module with
 ``torch.func.functional_call``. Per-task parameters carry a leading task axis and are applied with
 ``torch.func.vmap`` so that a whole meta-batch runs in one call.
 """
@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from rl_maml.types import Buffers, Params
+from rl_maml.aliases import Buffers, Params
 
 
 def params_of(module: nn.Module) -> Params:

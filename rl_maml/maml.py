@@ -16,7 +16,7 @@ from torch import Tensor
 
 from rl_maml.functional import TaskBatchedModel, stack_params
 from rl_maml.inner import InnerLoop
-from rl_maml.types import Params
+from rl_maml.aliases import Params
 
 
 class MetaLoss(NamedTuple):

@@ -57,11 +57,11 @@ class TaskBatchNorm2d(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_features))
 
     def forward(self, x: Tensor) -> Tensor:
-        mean = x.mean(dim=(0, 2, 3), keepdim=True)
-        centred = x - mean
-        var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)
-        x_hat = centred * torch.rsqrt(var + self.eps)
-        return x_hat * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        # Per-channel statistics [1, C, 1, 1]; the affine map is folded into one scale and shift
+        # so that only one full-size elementwise op (addcmul) touches the activations.
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), keepdim=True, correction=0)
+        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return torch.addcmul(self.bias.view(1, -1, 1, 1) - mean * scale, x, scale)
 
 
 class Conv4(nn.Module):

@@ -26,6 +26,9 @@ def test_round_trip_and_no_temporary_files(tmp_path):
     loaded = load_checkpoint(path)
     assert loaded["iteration"] == 3 and torch.equal(loaded["w"], state["w"]) and loaded["nested"] == state["nested"]
     assert [p.name for p in tmp_path.iterdir()] == ["iter_0000003.pt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~mask
 
 
 def test_failed_write_leaves_previous_checkpoint_intact(tmp_path):
