@@ -1,5 +1,23 @@
-"""Gymnasium meta-environments (installed as ``rl_maml.envs``).
+"""Gymnasium meta-environments, installed as ``rl_maml.envs``.
 
-The task families (2D navigation, HalfCheetah and Ant velocity/direction/goal) and their batched
-counterparts are the subject of the environments issue; this package holds them once written.
+Importing ``rl_maml`` registers every family under the ``rl_maml`` namespace, so
+``gymnasium.make("rl_maml/HalfCheetahVel-v0", convention="maml")`` works:
+
+| id | task | batched counterpart |
+|---|---|---|
+| ``rl_maml/Navigation2D-v0`` | goal position | :class:`~rl_maml.envs.navigation.BatchedNavigation2D` (torch, any device) |
+| ``rl_maml/HalfCheetahVel-v0`` | target velocity | :class:`~rl_maml.envs.batched.BatchedLocomotion` (``mujoco.batch``) |
+| ``rl_maml/HalfCheetahDir-v0`` | direction | idem |
+| ``rl_maml/AntVel-v0`` | target velocity | idem |
+| ``rl_maml/AntDir-v0`` | direction | idem |
+| ``rl_maml/AntGoal-v0`` | goal position | idem |
+
+The horizon depends on the convention chosen at construction (``maml``: 200, ``gym``: 100; 100
+for navigation), so the envs truncate episodes themselves instead of through ``max_episode_steps``.
 """
+
+from __future__ import annotations
+
+from rl_maml.envs.registration import ENV_IDS, FAMILIES, make_batched, register_envs
+
+__all__ = ["ENV_IDS", "FAMILIES", "make_batched", "register_envs"]

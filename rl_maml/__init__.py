@@ -8,3 +8,6 @@ in :mod:`rl_maml.experiments`.
 """
 
 __version__ = "0.1.0"
+
+# Register the meta-environments with Gymnasium (cheap: no MuJoCo import happens here).
+from rl_maml.envs import registration as _registration  # noqa: E402,F401

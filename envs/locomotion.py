@@ -1,0 +1,397 @@
+"""MuJoCo locomotion task families: HalfCheetah and Ant with velocity, direction and goal tasks.
+
+Dynamics come from Gymnasium's HalfCheetah and Ant models (its ``MujocoEnv`` base and the
+``mujoco`` bindings); the rewards are the MAML paper's, written here (Gymnasium's v5 rewards use
+other weights and a healthy reward). Observations, rewards and terminations are pure functions of
+batched arrays (leading axis N) so that the single envs and the batched stepper
+(:mod:`rl_maml.envs.batched`) compute them with the same code.
+
+Two conventions, whose returns are not comparable (say which one every result used):
+
+| convention | horizon | HalfCheetah time step | Ant time step | actions |
+|---|---|---|---|---|
+| ``maml`` (MAML paper, rllab) | 200 | 0.01 (frame skip 1) | 0.05 (frame skip 5) | used as given |
+| ``gym`` (pytorch-maml-rl, ProMP) | 100 | 0.05 (frame skip 5) | 0.05 (frame skip 5) | scaled by 10 |
+
+In both, the control sent to MuJoCo is ``clip(action_scale * action, -1, 1)`` and the control
+cost is computed on the action as passed to ``step``. The Ant uses Gymnasium's model in both
+conventions (rllab's ant model is not reproduced).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import gymnasium
+import mujoco
+import numpy as np
+from gymnasium import spaces
+from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
+
+from rl_maml.envs.base import TaskEnvMixin, check_action
+from rl_maml.envs.tasks import (
+    ANT_DIR_TASKS,
+    ANT_GOAL_TASKS,
+    ANT_VEL_TASKS,
+    CHEETAH_DIR_TASKS,
+    CHEETAH_VEL_TASKS,
+)
+
+_ASSETS = os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets")
+
+
+@dataclass(frozen=True)
+class Convention:
+    """Resolved simulation settings of one env instance."""
+
+    name: str
+    horizon: int
+    action_scale: float
+    frame_skip: int
+
+
+_CONVENTIONS = {
+    # name: (horizon, action_scale, {robot: frame_skip})
+    "maml": (200, 1.0, {"half_cheetah": 1, "ant": 5}),
+    "gym": (100, 10.0, {"half_cheetah": 5, "ant": 5}),
+}
+
+
+def resolve_convention(robot: str, convention: str, horizon: int | None = None,
+                       action_scale: float | None = None) -> Convention:
+    """The settings of ``convention`` for ``robot``, with optional overrides."""
+    if convention not in _CONVENTIONS:
+        raise ValueError(f"convention must be one of {sorted(_CONVENTIONS)}, got {convention!r}")
+    default_h, default_scale, skips = _CONVENTIONS[convention]
+    horizon = default_h if horizon is None else horizon
+    action_scale = default_scale if action_scale is None else action_scale
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    if not (np.isfinite(action_scale) and action_scale > 0):
+        raise ValueError(f"action_scale must be a finite number > 0, got {action_scale}")
+    return Convention(convention, int(horizon), float(action_scale), skips[robot])
+
+
+def load_model(robot: str) -> mujoco.MjModel:
+    """Gymnasium's MuJoCo model of ``robot``; the Ant gains an accelerometer.
+
+    An acceleration-stage sensor makes MuJoCo run ``mj_rnePostConstraint`` inside every forward
+    pass, so ``cfrc_ext`` (the Ant's contact forces, in its observation and contact cost) is filled
+    by plain ``mj_step`` calls, in the single envs and in ``mujoco.batch`` alike. Sensors do not
+    change the dynamics.
+    """
+    path = os.path.join(_ASSETS, f"{robot}.xml")
+    if robot != "ant":
+        return mujoco.MjModel.from_xml_path(path)
+    spec = mujoco.MjSpec.from_file(path)
+    spec.body("torso").add_site(name="rl_maml_accelerometer")
+    spec.add_sensor(type=mujoco.mjtSensor.mjSENS_ACCELEROMETER, objtype=mujoco.mjtObj.mjOBJ_SITE,
+                    objname="rl_maml_accelerometer")
+    return spec.compile()
+
+
+def reset_state(rng: np.random.Generator, init_qpos: np.ndarray, init_qvel: np.ndarray,
+                noise_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Initial ``(qpos, qvel)``: uniform noise on positions, Gaussian on velocities (Gymnasium's rule)."""
+    qpos = init_qpos + rng.uniform(-noise_scale, noise_scale, size=init_qpos.shape)
+    qvel = init_qvel + noise_scale * rng.standard_normal(init_qvel.shape)
+    return qpos, qvel
+
+
+# --- robots: observations, costs, terminations (batched over a leading axis N) -----------------
+
+
+class HalfCheetahRobot:
+    name = "half_cheetah"
+    obs_dim = 20
+    ctrl_cost_weight = 0.05
+
+    @staticmethod
+    def observation(qpos, qvel, torso_xpos, cfrc_ext):
+        # [N, 8] positions without x, [N, 9] velocities, [N, 3] torso centre of mass -> [N, 20]
+        return np.concatenate([qpos[:, 1:], qvel, torso_xpos], axis=1)
+
+    @classmethod
+    def costs(cls, action, cfrc_ext) -> dict[str, np.ndarray]:
+        return {"reward_ctrl": -cls.ctrl_cost_weight * np.sum(np.square(action), axis=1)}
+
+    @staticmethod
+    def terminated(qpos, qvel) -> np.ndarray:
+        return np.zeros(qpos.shape[0], dtype=bool)
+
+
+class AntRobot:
+    name = "ant"
+    obs_dim = 15 + 14 + 13 * 6
+    ctrl_cost_weight = 0.005
+    contact_cost_weight = 0.0005
+    survive_reward = 0.05
+    healthy_z_range = (0.2, 1.0)
+
+    @staticmethod
+    def observation(qpos, qvel, torso_xpos, cfrc_ext):
+        # [N, 15] positions, [N, 14] velocities, [N, 13 * 6] contact forces of the bodies (world
+        # excluded) clipped to [-1, 1] -> [N, 107]
+        contact = np.clip(cfrc_ext[:, 1:], -1.0, 1.0).reshape(qpos.shape[0], -1)
+        return np.concatenate([qpos, qvel, contact], axis=1)
+
+    @classmethod
+    def costs(cls, action, cfrc_ext) -> dict[str, np.ndarray]:
+        contact = np.clip(cfrc_ext, -1.0, 1.0).reshape(action.shape[0], -1)
+        return {
+            "reward_ctrl": -cls.ctrl_cost_weight * np.sum(np.square(action), axis=1),
+            "reward_contact": -cls.contact_cost_weight * np.sum(np.square(contact), axis=1),
+            "reward_survive": np.full(action.shape[0], cls.survive_reward),
+        }
+
+    @classmethod
+    def terminated(cls, qpos, qvel) -> np.ndarray:
+        finite = np.isfinite(qpos).all(axis=1) & np.isfinite(qvel).all(axis=1)
+        z = qpos[:, 2]
+        return ~(finite & (z >= cls.healthy_z_range[0]) & (z <= cls.healthy_z_range[1]))
+
+
+# --- task rewards: the forward term of each family ------------------------------------------
+
+
+def velocity_forward(task, x_velocity, xy, offset=0.0):
+    return -np.abs(x_velocity - task["velocity"]) + offset
+
+
+def direction_forward(task, x_velocity, xy):
+    return task["direction"] * x_velocity
+
+
+def goal_forward(task, x_velocity, xy):
+    return -np.sum(np.abs(xy - task["goal"]), axis=1) + 4.0
+
+
+def step_reward(robot, forward_fn, task, qpos_before, qpos_after, action, cfrc_ext, dt):
+    """Reward ``[N]`` and its terms (each ``[N]``) of one step, for a batch of N envs."""
+    x_velocity = (qpos_after[:, 0] - qpos_before[:, 0]) / dt
+    terms = {"reward_forward": forward_fn(task, x_velocity, qpos_after[:, :2])}
+    terms.update(robot.costs(action, cfrc_ext))
+    reward = sum(terms.values())
+    terms["x_velocity"] = x_velocity
+    terms["x_position"] = qpos_after[:, 0].copy()
+    return reward, terms
+
+
+# --- single environments -------------------------------------------------------------------
+
+
+class LocomotionEnv(TaskEnvMixin, MujocoEnv):
+    """Shared machinery of the locomotion families (see the concrete classes' docstrings)."""
+
+    ROBOT: type[HalfCheetahRobot] | type[AntRobot]
+    metadata = {"render_modes": ["human", "rgb_array", "depth_array", "rgbd_tuple"]}
+
+    @staticmethod
+    def forward_reward(task, x_velocity, xy):  # pragma: no cover - set by subclasses
+        raise NotImplementedError
+
+    def __init__(self, task: Mapping | None = None, convention: str = "gym", horizon: int | None = None,
+                 action_scale: float | None = None, reset_noise_scale: float = 0.1,
+                 render_mode: str | None = None, **kwargs):
+        self.convention = resolve_convention(self.ROBOT.name, convention, horizon, action_scale)
+        self.horizon = self.convention.horizon
+        self.reset_noise_scale = reset_noise_scale
+        obs_space = spaces.Box(-np.inf, np.inf, (self.ROBOT.obs_dim,), np.float64)
+        MujocoEnv.__init__(self, os.path.join(_ASSETS, f"{self.ROBOT.name}.xml"), self.convention.frame_skip,
+                           observation_space=obs_space, render_mode=render_mode, **kwargs)
+        self.metadata = {**self.metadata, "render_fps": int(np.round(1.0 / self.dt))}
+        self._torso = self.model.body("torso").id
+        self._ctrl_low, self._ctrl_high = self.model.actuator_ctrlrange.T.copy()
+        self._steps = 0
+        self._init_task(task)
+
+    def _initialize_simulation(self):
+        model = load_model(self.ROBOT.name)
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        return model, mujoco.MjData(model)
+
+    def _step_mujoco_simulation(self, ctrl, n_frames):
+        # cfrc_ext is already current (see load_model); Gymnasium's extra mj_rnePostConstraint
+        # call is not needed and the batched stepper does not make it either.
+        self.data.ctrl[:] = ctrl
+        mujoco.mj_step(self.model, self.data, nstep=n_frames)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        obs, info = super().reset(seed=seed, options=None)
+        self._apply_reset_options(options)
+        return obs, {**info, "task": self.get_task()}
+
+    def reset_model(self):
+        qpos, qvel = reset_state(self.np_random, self.init_qpos, self.init_qvel, self.reset_noise_scale)
+        self.set_state(qpos, qvel)
+        self._steps = 0
+        return self._get_obs()
+
+    def _get_obs(self):
+        d = self.data
+        return self.ROBOT.observation(d.qpos[None], d.qvel[None], d.xpos[None, self._torso], d.cfrc_ext[None])[0]
+
+    def control(self, action: np.ndarray) -> np.ndarray:
+        return np.clip(self.convention.action_scale * action, self._ctrl_low, self._ctrl_high)
+
+    def step(self, action):
+        action = check_action(action, self.action_space.shape)
+        qpos_before = self.data.qpos[None].copy()
+        self.do_simulation(self.control(action), self.frame_skip)
+        task = {k: v[None] for k, v in self._task.items()}
+        reward, terms = step_reward(self.ROBOT, type(self).forward_reward, task, qpos_before, self.data.qpos[None],
+                                    action[None], self.data.cfrc_ext[None], self.dt)
+        terminated = bool(self.ROBOT.terminated(self.data.qpos[None], self.data.qvel[None])[0])
+        self._steps += 1
+        truncated = not terminated and self._steps >= self.horizon
+        info = {k: float(v[0]) for k, v in terms.items()}
+        return self._get_obs(), float(reward[0]), terminated, truncated, info
+
+
+_CHEETAH_DOC = """
+    ## Observation Space (20 dimensions, both conventions)
+
+    | indices | observation |
+    |---|---|
+    | 0-7 | joint positions without the root's x coordinate (rootz, rooty, 6 hinge angles) |
+    | 8-16 | joint velocities (rootx, rootz, rooty, 6 hinges) |
+    | 17-19 | centre of mass of the torso (x, y, z) |
+
+    ## Action Space
+
+    ``Box(-1, 1, (6,))``: torques of the six hinges. MuJoCo receives
+    ``clip(action_scale * action, -1, 1)``; NaN or infinite actions raise ``ValueError``.
+
+    ## Episode End
+
+    Never terminated; truncated after ``horizon`` steps (``maml``: 200, ``gym``: 100).
+
+    ## Arguments
+
+    ``task``, ``convention`` (``"gym"`` default, or ``"maml"``), ``horizon`` and
+    ``action_scale`` (override the convention's), ``reset_noise_scale`` (0.1), ``render_mode``.
+
+    ## Version History
+
+    * v0: initial version.
+"""
+
+_ANT_DOC = """
+    ## Observation Space (107 dimensions)
+
+    | indices | observation |
+    |---|---|
+    | 0-14 | positions: torso x, y, z, orientation quaternion, 8 hinge angles |
+    | 15-28 | velocities: torso linear and angular, 8 hinges |
+    | 29-106 | external contact forces of the 13 bodies (6 each), clipped to [-1, 1] |
+
+    ## Action Space
+
+    ``Box(-1, 1, (8,))``: hinge torques; MuJoCo receives ``clip(action_scale * action, -1, 1)``.
+
+    ## Episode End
+
+    Terminated when the torso height leaves [0.2, 1.0] or the state is not finite; truncated
+    after ``horizon`` steps (``maml``: 200, ``gym``: 100).
+
+    ## Arguments
+
+    ``task``, ``convention`` (``"gym"`` default, or ``"maml"``), ``horizon``, ``action_scale``,
+    ``reset_noise_scale`` (0.1), ``render_mode``.
+
+    ## Version History
+
+    * v0: initial version.
+"""
+
+_ANT_COSTS = ("``ctrl = 0.005 * sum(action^2)``, ``contact = 0.0005 * sum(clip(cfrc_ext, -1, 1)^2)``, "
+              "survive bonus 0.05")
+
+
+class HalfCheetahVelEnv(LocomotionEnv):
+    __doc__ = """HalfCheetah must run forward at a target velocity (MAML paper, section 5.3).
+
+    ## Rewards
+
+    ``reward = -|v_x - velocity| - 0.05 * sum(action^2)``, with ``v_x`` the root's x velocity over
+    the step. ``info``: ``reward_forward``, ``reward_ctrl``, ``x_velocity``, ``x_position``.
+
+    ## Task Distribution
+
+    ``{"velocity": v}``, ``v ~ U[0, 2]``.
+    """ + _CHEETAH_DOC
+    ROBOT = HalfCheetahRobot
+    TASKS = CHEETAH_VEL_TASKS
+    forward_reward = staticmethod(velocity_forward)
+
+
+class HalfCheetahDirEnv(LocomotionEnv):
+    __doc__ = """HalfCheetah must run forward or backward (MAML paper, section 5.3).
+
+    ## Rewards
+
+    ``reward = direction * v_x - 0.05 * sum(action^2)``.
+
+    ## Task Distribution
+
+    ``{"direction": d}``, ``d = +1`` or ``-1`` with probability 1/2 each.
+    """ + _CHEETAH_DOC
+    ROBOT = HalfCheetahRobot
+    TASKS = CHEETAH_DIR_TASKS
+    forward_reward = staticmethod(direction_forward)
+
+
+def _ant_velocity_forward(task, x_velocity, xy):
+    return velocity_forward(task, x_velocity, xy, offset=1.0)
+
+
+class AntVelEnv(LocomotionEnv):
+    __doc__ = f"""Ant must walk forward at a target velocity (MAML paper, section 5.3).
+
+    ## Rewards
+
+    ``reward = -|v_x - velocity| + 1 - ctrl - contact + 0.05``, with {_ANT_COSTS}. ``info`` holds
+    each term.
+
+    ## Task Distribution
+
+    ``{{"velocity": v}}``, ``v ~ U[0, 3]``.
+    """ + _ANT_DOC
+    ROBOT = AntRobot
+    TASKS = ANT_VEL_TASKS
+    forward_reward = staticmethod(_ant_velocity_forward)
+
+
+class AntDirEnv(LocomotionEnv):
+    __doc__ = f"""Ant must walk forward or backward along x (MAML paper, section 5.3).
+
+    ## Rewards
+
+    ``reward = direction * v_x - ctrl - contact + 0.05``, with {_ANT_COSTS}.
+
+    ## Task Distribution
+
+    ``{{"direction": d}}``, ``d = +1`` or ``-1`` with probability 1/2 each.
+    """ + _ANT_DOC
+    ROBOT = AntRobot
+    TASKS = ANT_DIR_TASKS
+    forward_reward = staticmethod(direction_forward)
+
+
+class AntGoalEnv(LocomotionEnv):
+    __doc__ = f"""Ant must walk to a goal position in the plane.
+
+    ## Rewards
+
+    ``reward = -(|x - gx| + |y - gy|) + 4 - ctrl - contact + 0.05``, with {_ANT_COSTS}.
+
+    ## Task Distribution
+
+    ``{{"goal": [gx, gy]}}``, each coordinate ``~ U[-3, 3]``.
+    """ + _ANT_DOC
+    ROBOT = AntRobot
+    TASKS = ANT_GOAL_TASKS
+    forward_reward = staticmethod(goal_forward)

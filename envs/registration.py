@@ -1,0 +1,56 @@
+"""Registration of the meta-environments with Gymnasium, and a factory for their batched forms.
+
+Kept free of MuJoCo imports so that registering costs nothing: entry points are strings.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gymnasium.envs.registration import register, registry
+
+FAMILIES = {
+    "Navigation2D": "rl_maml.envs.navigation:Navigation2DEnv",
+    "HalfCheetahVel": "rl_maml.envs.locomotion:HalfCheetahVelEnv",
+    "HalfCheetahDir": "rl_maml.envs.locomotion:HalfCheetahDirEnv",
+    "AntVel": "rl_maml.envs.locomotion:AntVelEnv",
+    "AntDir": "rl_maml.envs.locomotion:AntDirEnv",
+    "AntGoal": "rl_maml.envs.locomotion:AntGoalEnv",
+}
+ENV_IDS = {name: f"rl_maml/{name}-v0" for name in FAMILIES}
+
+
+def register_envs() -> None:
+    """Register every family as ``rl_maml/<Name>-v0`` (idempotent)."""
+    for name, entry_point in FAMILIES.items():
+        if ENV_IDS[name] not in registry:
+            register(id=ENV_IDS[name], entry_point=entry_point)
+
+
+def _family(name: str) -> str:
+    key = name.removeprefix("rl_maml/").removesuffix("-v0")
+    if key not in FAMILIES:
+        raise ValueError(f"unknown environment family {name!r}; known: {sorted(FAMILIES)}")
+    return key
+
+
+def single_env_class(name: str) -> type:
+    import importlib
+
+    module, cls = FAMILIES[_family(name)].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def make_batched(name: str, num_envs: int, **kwargs: Any):
+    """The batched counterpart of family ``name`` (``"AntVel"`` or ``"rl_maml/AntVel-v0"``)."""
+    family = _family(name)
+    if family == "Navigation2D":
+        from rl_maml.envs.navigation import BatchedNavigation2D
+
+        return BatchedNavigation2D(num_envs, **kwargs)
+    from rl_maml.envs.batched import BatchedLocomotion
+
+    return BatchedLocomotion(single_env_class(family), num_envs, **kwargs)
+
+
+register_envs()
