@@ -13,6 +13,7 @@ from rl_maml.config import ConfigError
 
 BENCHMARKS = {
     "sinusoid": "rl_maml.experiments.sinusoid",
+    "metarl": "rl_maml.experiments.metarl",
 }
 
 

@@ -22,7 +22,7 @@ from rl_maml.nn import MLP
 from rl_maml.seeding import seed_everything, torch_generator
 from rl_maml.stats import mean_ci95
 from rl_maml.tasks.sinusoid import SinusoidTasks
-from rl_maml.training import SupervisedTrainer, load_learners
+from rl_maml.training import Trainer, load_learners
 
 from . import plots
 from .report import markdown_table, write_results
@@ -156,7 +156,7 @@ def train(cfg: SinusoidConfig, run_dir: Path, resume: bool, progress: bool = Tru
         g = torch_generator(cfg.seed, "sinusoid-train", iteration)
         return tasks.sample(cfg.train.meta_batch_size, cfg.task.num_support, cfg.task.num_query, g).to(device)
 
-    trainer = SupervisedTrainer(
+    trainer = Trainer(
         run_dir, learners, sample_batch, cfg.train.num_iterations, cfg.train.checkpoint_every,
         cfg.train.keep_checkpoints, cfg.train.log_every, progress,
     )

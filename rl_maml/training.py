@@ -1,9 +1,11 @@
-"""The supervised meta-training loop, shared by every supervised benchmark.
+"""The meta-training loop, shared by every benchmark (supervised and meta-RL).
 
-One place runs the loop; learners only define their losses. Each iteration draws one meta-batch
-(from a stream seeded by ``(seed, iteration)``, so a resumed run sees exactly the batches an
-uninterrupted one would), gives it to every learner, logs averaged metrics to TensorBoard,
-shows a progress bar, and writes atomic checkpoints.
+One place runs the loop; learners only define their steps. Each iteration draws one meta-batch
+deterministically from the iteration number (supervised: a ``TaskBatch`` from a stream seeded by
+``(seed, iteration)``; meta-RL: the iteration itself, from which the agent derives its tasks and
+episode seeds), so a resumed run sees exactly the batches an uninterrupted one would. Every
+learner gets the same batch; metrics are averaged and logged to TensorBoard, a progress bar shows
+the run, and atomic checkpoints are written.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from tqdm.auto import tqdm
 
@@ -25,13 +27,12 @@ from rl_maml.checkpoint import (
     save_checkpoint,
 )
 from rl_maml.logger import RunLogger
-from rl_maml.tasks.base import TaskBatch
 
 
 class Learner(Protocol):
     name: str
 
-    def train_step(self, batch: TaskBatch) -> dict[str, float]: ...
+    def train_step(self, batch: Any) -> dict[str, float]: ...
 
     def state_dict(self) -> dict: ...
 
@@ -53,29 +54,32 @@ def load_learners(path: Path, learners: Mapping[str, Learner], device: str = "cp
     return int(state["iteration"])
 
 
-class SupervisedTrainer:
+class Trainer:
     """Runs meta-training for one or more learners on a shared stream of meta-batches.
 
     Args:
         run_dir: the run's folder; checkpoints go to ``run_dir/checkpoints``, TensorBoard events to
             ``run_dir/tb``.
         learners: name -> learner; all see the same meta-batches.
-        sample_batch: ``sample_batch(iteration) -> TaskBatch`` (deterministic in ``iteration``).
+        sample_batch: ``sample_batch(iteration)`` -> what every learner's ``train_step`` takes
+            (deterministic in ``iteration``).
         num_iterations: total meta-iterations of the run.
         checkpoint_every, keep_checkpoints, log_every: see :class:`rl_maml.config.TrainConfig`.
         progress: show a progress bar.
+        progress_keys: metrics whose name contains one of these are shown beside the bar.
     """
 
     def __init__(
         self,
         run_dir: Path,
         learners: Mapping[str, Learner],
-        sample_batch: Callable[[int], TaskBatch],
+        sample_batch: Callable[[int], Any],
         num_iterations: int,
         checkpoint_every: int = 1000,
         keep_checkpoints: int = 3,
         log_every: int = 100,
         progress: bool = True,
+        progress_keys: tuple[str, ...] = ("losses/",),
     ):
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -86,6 +90,7 @@ class SupervisedTrainer:
         self.keep_checkpoints = keep_checkpoints
         self.log_every = log_every
         self.progress = progress
+        self.progress_keys = progress_keys
 
     def resume(self, device: str = "cpu") -> int:
         """Load the newest checkpoint; returns its iteration (0 when there is none)."""
@@ -123,7 +128,7 @@ class SupervisedTrainer:
                     last = {k: v / count for k, v in window.items()}
                     logger.log(iteration, last)
                     shown = {k.split("/", 1)[0] + ":" + k.rsplit("/", 1)[-1]: f"{v:.3g}"
-                             for k, v in last.items() if "losses/" in k}
+                             for k, v in last.items() if any(p in k for p in self.progress_keys)}
                     bar.set_postfix(shown, refresh=False)
                     window.clear()
                     count = 0

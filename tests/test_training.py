@@ -11,7 +11,7 @@ from rl_maml.config import from_dict
 from rl_maml.experiments.sinusoid import SinusoidConfig, build_learners, make_tasks
 from rl_maml.seeding import torch_generator
 from rl_maml.tasks.base import TaskBatch
-from rl_maml.training import SupervisedTrainer, load_learners
+from rl_maml.training import Trainer, load_learners
 
 
 def tiny_config(**train):
@@ -31,7 +31,7 @@ def make_trainer(cfg, run_dir, fail_at=None):
             raise KeyboardInterrupt("simulated interruption")
         return tasks.sample(5, 10, 10, torch_generator(cfg.seed, "sinusoid-train", iteration))
 
-    return SupervisedTrainer(run_dir, learners, sample, cfg.train.num_iterations, cfg.train.checkpoint_every,
+    return Trainer(run_dir, learners, sample, cfg.train.num_iterations, cfg.train.checkpoint_every,
                              3, cfg.train.log_every, progress=False), learners
 
 

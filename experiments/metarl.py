@@ -1,0 +1,278 @@
+"""Meta-RL with MAML-TRPO (MAML paper, section 5.3 and Figures 4-5).
+
+``rl-maml train navigation --run-dir runs/nav`` meta-trains a Gaussian policy's initialisation;
+``rl-maml eval runs/nav`` adapts it to 40 held-out tasks (fixed seed) and reports the mean return
+after 0..3 policy-gradient steps (alpha, then alpha/2; fresh episodes after every step), beside a
+randomly initialised policy adapted the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from rl_maml.agents.maml_trpo import MAMLTRPOAgent
+from rl_maml.agents.rl_baselines import TaskAugmentedBatchedEnv
+from rl_maml.checkpoint import load_checkpoint, save_checkpoint
+from rl_maml.config import ConfigError, InnerConfig
+from rl_maml.envs import make_batched
+from rl_maml.envs.registration import FAMILIES
+from rl_maml.functional import params_of
+from rl_maml.inner import make_inner_loop
+from rl_maml.rl.baseline import LinearFeatureBaseline
+from rl_maml.rl.episodes import episode_seeds, sample_episodes
+from rl_maml.rl.evaluation import adaptation_returns
+from rl_maml.rl.maml_trpo import TRPOSettings
+from rl_maml.rl.policy import GaussianMLPPolicy, TaskBatchedPolicy
+from rl_maml.seeding import numpy_generator, seed_everything, torch_generator
+from rl_maml.stats import mean_ci95
+from rl_maml.training import Trainer, load_learners
+
+from . import plots
+from .report import markdown_table, write_results
+
+
+@dataclass
+class EnvConfig:
+    """The task family and its convention."""
+
+    name: str = "Navigation2D"
+    """Family: Navigation2D, HalfCheetahVel, HalfCheetahDir, AntVel, AntDir or AntGoal."""
+    convention: Literal["maml", "gym"] = "gym"
+    """maml: the MAML paper's horizon, time step and action scale; gym: pytorch-maml-rl's."""
+    horizon: int | None = None
+    """Override the convention's horizon."""
+    action_scale: float | None = None
+    """Override the convention's action scale (locomotion only)."""
+
+    def __post_init__(self) -> None:
+        if self.name not in FAMILIES:
+            raise ConfigError(f"env.name must be one of {sorted(FAMILIES)}, got {self.name!r}")
+        if self.name == "Navigation2D" and self.action_scale is not None:
+            raise ConfigError("env.action_scale does not apply to Navigation2D")
+
+    def make(self, num_envs: int, device: torch.device):
+        kwargs = {"convention": self.convention}
+        if self.horizon is not None:
+            kwargs["horizon"] = self.horizon
+        if self.name == "Navigation2D":
+            return make_batched(self.name, num_envs, device=device, **kwargs)
+        if self.action_scale is not None:
+            kwargs["action_scale"] = self.action_scale
+        return make_batched(self.name, num_envs, **kwargs)
+
+
+@dataclass
+class PolicyConfig:
+    hidden_sizes: tuple[int, ...] = (100, 100)
+    """Hidden widths (paper: 100, 100 with ReLU)."""
+    activation: Literal["relu", "tanh"] = "relu"
+    init_std: float = 1.0
+    """Initial action standard deviation."""
+
+
+@dataclass
+class TRPOConfig:
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_max_steps: int = 15
+    ls_backtrack_ratio: float = 0.8
+
+    def __post_init__(self) -> None:
+        if not (self.max_kl > 0 and self.cg_iters >= 1 and self.ls_max_steps >= 1 and 0 < self.ls_backtrack_ratio < 1):
+            raise ConfigError("trpo: max_kl > 0, cg_iters >= 1, ls_max_steps >= 1, 0 < ls_backtrack_ratio < 1")
+
+
+@dataclass
+class RLTrainConfig:
+    num_iterations: int = 500
+    meta_batch_size: int = 40
+    """Tasks per meta-batch (M)."""
+    fast_batch_size: int = 20
+    """Episodes per task and inner step (B)."""
+    gamma: float = 0.99
+    gae_lambda: float = 1.0
+    checkpoint_every: int = 10
+    keep_checkpoints: int = 3
+    log_every: int = 1
+    device: str = "cpu"
+    """cpu, cuda or auto; MuJoCo physics always runs on the CPU."""
+    num_threads: int | None = 1
+    """torch threads; one leaves the cores to the MuJoCo threads (torch's threads spin)."""
+
+    def __post_init__(self) -> None:
+        if min(self.num_iterations + 1, self.meta_batch_size, self.fast_batch_size, self.checkpoint_every,
+               self.log_every, self.keep_checkpoints) < 1:
+            raise ConfigError("train: sizes and intervals must be positive")
+        if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
+            raise ConfigError("train.gamma must be in (0, 1] and train.gae_lambda in [0, 1]")
+
+
+@dataclass
+class RLEvalConfig:
+    num_tasks: int = 40
+    """Held-out test tasks."""
+    num_steps: int = 3
+    """Report returns after 0..num_steps inner steps."""
+    fast_batch_size: int = 20
+    """Episodes per task and step."""
+    seed: int = 1234
+    """Seed of the test tasks and episodes (shared by every run)."""
+    baselines: list[Literal["random", "pretrained", "oracle"]] = field(
+        default_factory=lambda: ["random", "pretrained", "oracle"])
+    """Reference policies: random and pretrained are adapted like MAML; the oracle sees the task."""
+    baseline_timesteps: int = 200_000
+    """PPO (stable-baselines3) training steps of the pretrained and oracle policies."""
+
+
+@dataclass
+class MetaRLConfig:
+    benchmark: Literal["metarl"] = "metarl"
+    name: str = "metarl"
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    inner: InnerConfig = field(default_factory=lambda: InnerConfig(inner_lr=0.1))
+    trpo: TRPOConfig = field(default_factory=TRPOConfig)
+    train: RLTrainConfig = field(default_factory=RLTrainConfig)
+    eval: RLEvalConfig = field(default_factory=RLEvalConfig)
+
+
+CONFIG = MetaRLConfig
+
+
+def _device(name: str) -> torch.device:
+    from .sinusoid import resolve_device
+
+    return resolve_device(name)
+
+
+def make_policy(cfg: MetaRLConfig, env, device: torch.device) -> GaussianMLPPolicy:
+    p = cfg.policy
+    return GaussianMLPPolicy(env.obs_dim, env.act_dim, p.hidden_sizes, p.activation, p.init_std).to(device)
+
+
+def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:
+    seed_everything(cfg.seed)
+    t = cfg.train
+    env = cfg.env.make(t.meta_batch_size * t.fast_batch_size, device)
+    policy = make_policy(cfg, env, device)
+    inner, learned = make_inner_loop(cfg.inner, dict(policy.named_parameters()))
+    if learned is not None:
+        raise ConfigError("inner.step_size: learned step sizes are not supported by MAML-TRPO yet; use fixed")
+    trpo = TRPOSettings(**vars(cfg.trpo))
+    return MAMLTRPOAgent(env, policy, inner, trpo, t.meta_batch_size, t.fast_batch_size, t.gamma, t.gae_lambda,
+                         cfg.seed)
+
+
+def train(cfg: MetaRLConfig, run_dir: Path, resume: bool, progress: bool = True) -> dict[str, float]:
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = _device(cfg.train.device)
+    agent = build_agent(cfg, device)
+    trainer = Trainer(run_dir, {"maml": agent}, lambda it: it, cfg.train.num_iterations, cfg.train.checkpoint_every,
+                      cfg.train.keep_checkpoints, cfg.train.log_every, progress,
+                      progress_keys=("return_post", "return_pre", "ls_accepted"))
+    start = trainer.resume(str(device)) if resume else 0
+    return trainer.run(start)
+
+
+def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
+    device = _device(cfg.train.device)
+    e = cfg.eval
+    agent = build_agent(cfg, device)
+    iteration = load_learners(checkpoint, {"maml": agent}, str(device))
+    env = cfg.env.make(e.num_tasks * e.fast_batch_size, device)
+    tasks = {k: torch.as_tensor(v) for k, v in env.TASKS.sample(e.num_tasks, numpy_generator(e.seed, "test-tasks")).items()}
+    policies = {"maml": agent.policy}
+    for name in e.baselines:
+        if name == "random":  # a freshly initialised policy
+            torch.manual_seed(e.seed)
+            policies[name] = make_policy(cfg, env, device)
+        elif name == "pretrained":
+            policies[name] = reference_policy(cfg, run_dir, name, device)
+    methods, episodes = {}, {}
+    for name, policy in policies.items():
+        returns, eps = adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps, cfg.inner.inner_lr,
+                                          LinearFeatureBaseline(), cfg.train.gamma, cfg.train.gae_lambda, e.seed)
+        mean, ci = mean_ci95(returns.double().cpu(), dim=1)
+        methods[name] = {"mean": mean.tolist(), "ci95": ci.tolist(), "per_task": returns.cpu().tolist()}
+        episodes[name] = eps
+    if "oracle" in e.baselines:  # no adaptation: the same returns at every step
+        oracle_env = TaskAugmentedBatchedEnv(env)
+        oracle = reference_policy(cfg, run_dir, "oracle", device)
+        seeds = episode_seeds(e.seed, "eval", 0, num_tasks=e.num_tasks, episodes_per_task=e.fast_batch_size)
+        eps = sample_episodes(oracle_env, TaskBatchedPolicy(oracle), params_of(oracle), tasks, e.fast_batch_size,
+                              seeds, torch_generator(e.seed, "eval-actions", 0, device=device))
+        per_task = eps.returns().mean(1).double().cpu()
+        mean, ci = mean_ci95(per_task)
+        methods["oracle"] = {"mean": [mean.item()] * (e.num_steps + 1), "ci95": [ci.item()] * (e.num_steps + 1),
+                             "per_task": [per_task.tolist()] * (e.num_steps + 1)}
+    steps = list(range(e.num_steps + 1))
+    results = {
+        "benchmark": "metarl", "env": cfg.env.name, "convention": cfg.env.convention,
+        "metric": "mean undiscounted return per task (mean over test tasks, 95% CI)",
+        "num_test_tasks": e.num_tasks, "episodes_per_task": e.fast_batch_size, "inner_lr": cfg.inner.inner_lr,
+        "step_sizes": "alpha, then alpha/2", "test_seed": e.seed, "checkpoint_iteration": iteration,
+        "steps": steps, "methods": methods,
+    }
+    out = run_dir / "eval"
+    title = (f"{cfg.env.name} ({cfg.env.convention} convention): return on {e.num_tasks} test tasks after k "
+             f"policy-gradient steps (checkpoint at iteration {iteration})")
+    labels = {"maml": "MAML", "random": "random init", "pretrained": "pretrained (PPO, adapted)",
+              "oracle": "oracle (PPO, task observed)"}
+    write_results(out, results, f"# {title}\n\n" + markdown_table(methods, steps, digits=1, labels=labels))
+    fig, ax = plots.plt.subplots(figsize=(5, 4))
+    plots.plot_adaptation_curves(ax, methods, steps, "average return", constant=("oracle",))
+    ax.set_title(f"{cfg.env.name} ({cfg.env.convention})")
+    plots.save(fig, out / "adaptation.png")
+    if cfg.env.name == "Navigation2D":
+        plot_navigation(episodes["maml"], tasks, out / "trajectories.png")
+    return results
+
+
+def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.device) -> GaussianMLPPolicy:
+    """The pretrained or oracle policy: trained with PPO once, then cached as weights in the run folder."""
+    from rl_maml.agents.rl_baselines import to_gaussian_policy, train_ppo
+
+    p, e = cfg.policy, cfg.eval
+    path = run_dir / "eval" / "baselines" / f"{name}_{e.baseline_timesteps}.pt"
+    if path.is_file():
+        state = load_checkpoint(path)
+        policy = GaussianMLPPolicy(state["obs_dim"], state["act_dim"], p.hidden_sizes, p.activation)
+        policy.load_state_dict(state["policy"])
+        return policy.to(device)
+    print(f"training the {name} baseline with PPO for {e.baseline_timesteps} steps (cached in {path})",
+          file=sys.stderr)
+    model = train_ppo(cfg.env.name, cfg.env.convention, cfg.env.horizon, p.hidden_sizes, p.activation,
+                      e.baseline_timesteps, e.seed, append_task=name == "oracle")
+    policy = to_gaussian_policy(model, p.hidden_sizes, p.activation)
+    save_checkpoint(path, {"policy": policy.state_dict(), "obs_dim": policy.obs_dim, "act_dim": policy.act_dim})
+    return policy.to(device)
+
+
+def plot_navigation(episodes, tasks, path: Path, num_tasks: int = 4) -> None:
+    """Trajectories of the first episode of a few test tasks, before and after adaptation (paper Figure 4)."""
+    num_tasks = min(num_tasks, len(tasks["goal"]))
+    fig, axes = plots.plt.subplots(1, num_tasks, figsize=(3.2 * num_tasks, 3.2))
+    for m, ax in enumerate(np.atleast_1d(axes)):
+        goal = tasks["goal"][m].cpu().numpy()
+        for s, eps in enumerate(episodes):
+            steps = int(eps.mask[:, m, 0].sum().item())
+            xy = eps.obs[:steps, m, 0].cpu().numpy()
+            ax.plot(xy[:, 0], xy[:, 1], label="pre-update" if s == 0 else f"{s} step{'s' if s > 1 else ''}")
+        ax.scatter([goal[0]], [goal[1]], marker="*", s=150, color="k", label="goal", zorder=5)
+        ax.set_xlim(-0.6, 0.6)
+        ax.set_ylim(-0.6, 0.6)
+        ax.set_aspect("equal")
+        ax.set_title(f"test task {m}")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    plots.save(fig, path)

@@ -1,0 +1,112 @@
+"""Episodes as padded tensors, and the sampler that collects M tasks x B episodes in one batch."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rl_maml.aliases import Params
+from rl_maml.functional import expand_params
+from rl_maml.rl.policy import TaskBatchedPolicy
+from rl_maml.seeding import derive_seed
+
+
+@dataclass
+class Episodes:
+    """B episodes for each of M tasks, padded to the horizon T.
+
+    Attributes:
+        obs: ``[T, M, B, obs_dim]`` observation before each step.
+        actions: ``[T, M, B, act_dim]``.
+        rewards: ``[T, M, B]`` (0 at masked steps).
+        mask: ``[T, M, B]``, 1 where the step was taken, 0 after the episode ended.
+        advantages: ``[T, M, B]``, filled by :meth:`compute_advantages`.
+    """
+
+    obs: Tensor
+    actions: Tensor
+    rewards: Tensor
+    mask: Tensor
+    advantages: Tensor | None = None
+
+    @property
+    def num_tasks(self) -> int:
+        return self.obs.shape[1]
+
+    def returns(self) -> Tensor:
+        """Undiscounted return of every episode, ``[M, B]``."""
+        return (self.rewards * self.mask).sum(0)
+
+    def num_steps(self) -> int:
+        return int(self.mask.sum().item())
+
+    def per_task(self, x: Tensor) -> Tensor:
+        """``[T, M, B, ...]`` -> ``[M, T * B, ...]`` (the layout the task-batched policy takes)."""
+        T, M, B = x.shape[:3]
+        return x.transpose(0, 1).reshape(M, T * B, *x.shape[3:])
+
+    def compute_advantages(self, baseline, gamma: float, gae_lambda: float, normalize: bool = True) -> Tensor:
+        """Fit ``baseline`` per task to the discounted returns, then GAE (optionally normalised per task)."""
+        from rl_maml.rl.returns import discounted_returns, gae, normalize_per_task
+
+        returns = discounted_returns(self.rewards, self.mask, gamma)
+        values = baseline.fit_predict(self.obs, returns, self.mask)
+        adv = gae(self.rewards, values, self.mask, gamma, gae_lambda)
+        self.advantages = normalize_per_task(adv, self.mask) if normalize else adv
+        return self.advantages
+
+
+def episode_seeds(seed: int, *keys: int | str, num_tasks: int, episodes_per_task: int) -> list[int]:
+    """Reset seeds of the M x B episodes, each derived from ``(seed, *keys, task, episode)``."""
+    return [derive_seed(seed, *keys, m, b) % (1 << 32) for m in range(num_tasks) for b in range(episodes_per_task)]
+
+
+@torch.no_grad()
+def sample_episodes(env, policy: TaskBatchedPolicy, params: Params, tasks: Mapping[str, Tensor], episodes_per_task: int,
+                    reset_seeds: list[int], generator: torch.Generator, deterministic: bool = False) -> Episodes:
+    """Roll out B episodes per task with each task's own policy parameters, all N = M x B at once.
+
+    Args:
+        env: a batched env with ``num_envs = M * B`` (env ``m * B + b`` runs episode b of task m).
+        policy: the task-batched policy.
+        params: policy parameters, batched ``[M, ...]`` or shared (unbatched; expanded here).
+        tasks: task fields with leading axis M.
+        episodes_per_task: B.
+        reset_seeds: one seed per episode (see :func:`episode_seeds`).
+        generator: drives the action noise (on the policy's device).
+        deterministic: act with the mean action.
+    """
+    M = len(next(iter(tasks.values())))
+    B = episodes_per_task
+    N = M * B
+    if env.num_envs != N:
+        raise ValueError(f"the batched env has {env.num_envs} envs, expected M x B = {M} x {B} = {N}")
+    some = next(iter(params.values()))
+    shared = some.dim() == next(iter(policy.module.parameters())).dim()
+    params = expand_params(params, M) if shared else params
+    device = some.device
+    env_tasks = {k: torch.as_tensor(v).repeat_interleave(B, dim=0) for k, v in tasks.items()}
+    obs = env.reset(env_tasks, reset_seeds).to(device)
+    T = env.horizon
+    obs_buf = torch.zeros(T, M, B, env.obs_dim, device=device)
+    act_buf = torch.zeros(T, M, B, env.act_dim, device=device)
+    rew_buf = torch.zeros(T, M, B, device=device)
+    mask_buf = torch.zeros(T, M, B, device=device)
+    alive = torch.ones(N, dtype=torch.bool, device=device)
+    for t in range(T):
+        mean, log_std = policy(params, obs.view(M, B, -1).to(obs_buf.dtype))  # [M, B, act_dim]
+        action = mean if deterministic else mean + torch.exp(log_std) * torch.randn(
+            mean.shape, generator=generator, device=device)
+        obs_buf[t] = obs.view(M, B, -1)
+        act_buf[t] = action
+        mask_buf[t] = alive.view(M, B)
+        obs, reward, done, _ = env.step(action.reshape(N, -1))
+        obs = obs.to(device)
+        rew_buf[t] = reward.to(device).view(M, B) * alive.view(M, B)
+        alive = alive & ~done.to(device)
+        if not alive.any():
+            break
+    return Episodes(obs_buf, act_buf, rew_buf, mask_buf)

@@ -1,0 +1,44 @@
+"""The MAML paper's meta-RL evaluation: returns after 0, 1, 2, ... policy-gradient steps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+
+from rl_maml.inner import ConstantStepSize, InnerLoop
+from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes
+from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
+from rl_maml.rl.policy import GaussianMLPPolicy
+from rl_maml.seeding import torch_generator
+
+
+def adaptation_returns(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tensor], episodes_per_task: int,
+                       num_steps: int, inner_lr: float, baseline, gamma: float, gae_lambda: float, seed: int,
+                       step_scales: tuple[float, ...] = (1.0, 0.5)) -> tuple[Tensor, list[Episodes]]:
+    """Adapt ``policy`` to each task with vanilla policy gradient and record the returns.
+
+    Step k uses step size ``inner_lr * step_scales[k]`` (the paper: alpha, then alpha/2), and
+    fresh episodes are sampled after every step.
+
+    Returns:
+        Mean undiscounted return per task after 0..num_steps steps, ``[num_steps + 1, M]``, and the
+        episodes of every step.
+    """
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(inner_lr, step_scales), first_order=True), TRPOSettings())
+    M = len(next(iter(tasks.values())))
+    params = {k: v.detach() for k, v in meta.params().items()}
+    returns, all_episodes = [], []
+    device = next(policy.parameters()).device
+    for s in range(num_steps + 1):
+        seeds = episode_seeds(seed, "eval", s, num_tasks=M, episodes_per_task=episodes_per_task)
+        episodes = sample_episodes(env, meta.batched, params, tasks, episodes_per_task, seeds,
+                                   torch_generator(seed, "eval-actions", s, device=device))
+        returns.append(episodes.returns().mean(1))
+        all_episodes.append(episodes)
+        if s < num_steps:
+            episodes.compute_advantages(baseline, gamma, gae_lambda)
+            leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
+            params = {k: v.detach() for k, v in meta.adapt_step(leaves, episodes, s, create_graph=False).items()}
+    return torch.stack(returns), all_episodes

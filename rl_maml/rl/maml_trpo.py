@@ -1,0 +1,155 @@
+"""MAML with a TRPO meta-step (Finn, Abbeel and Levine 2017, arXiv 1703.03400, section 5.3).
+
+Inner loop: REINFORCE on each task's training episodes (advantages from the linear baseline and
+GAE), through the engine's :class:`~rl_maml.inner.InnerLoop`, for all M tasks at once. Outer
+loop: TRPO on the validation episodes of the adapted policies, differentiating through the
+adaptation (second order unless ``first_order``): surrogate, mean KL, conjugate gradient with
+Fisher-vector products, backtracking line search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from rl_maml.aliases import Params
+from rl_maml.functional import expand_params, params_of
+from rl_maml.inner import InnerLoop
+from rl_maml.rl.episodes import Episodes
+from rl_maml.rl.policy import GaussianMLPPolicy, TaskBatchedPolicy, kl_divergence, log_prob
+from rl_maml.rl.trpo import conjugate_gradient, fisher_vector_product, flat, line_search
+
+
+@dataclass(frozen=True)
+class TRPOSettings:
+    """Hyperparameters of the TRPO meta-step (names as everywhere in rl_maml)."""
+
+    max_kl: float = 0.01
+    cg_iters: int = 10
+    cg_damping: float = 1e-5
+    ls_max_steps: int = 15
+    ls_backtrack_ratio: float = 0.8
+
+
+def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """``x, mask [M, K]`` -> per-task mean over unmasked entries ``[M]``."""
+    return (x * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+class MAMLTRPO:
+    """The meta-learner: inner REINFORCE adaptation and the TRPO meta-step.
+
+    Args:
+        policy: the policy whose initial parameters are meta-learned (updated in place).
+        inner: the inner loop (step size, number of steps, first order, mask).
+        trpo: meta-step settings.
+    """
+
+    def __init__(self, policy: GaussianMLPPolicy, inner: InnerLoop, trpo: TRPOSettings):
+        self.policy = policy
+        self.batched = TaskBatchedPolicy(policy)
+        self.inner = inner
+        self.trpo = trpo
+
+    def params(self) -> Params:
+        return params_of(self.policy)
+
+    # -- inner loop ---------------------------------------------------------------------------
+    def inner_loss(self, params: Params, episodes: Episodes) -> Tensor:
+        """REINFORCE loss per task ``[M]``: ``-mean(log pi(a|s) * A)`` over each task's steps."""
+        mean, log_std = self.batched(params, episodes.per_task(episodes.obs))  # [M, T*B, act_dim]
+        logp = log_prob(mean, log_std, episodes.per_task(episodes.actions))  # [M, T*B]
+        adv = episodes.per_task(episodes.advantages)
+        return -_masked_task_mean(logp * adv, episodes.per_task(episodes.mask))
+
+    def adapt_step(self, params: Params, episodes: Episodes, step: int, inner: InnerLoop | None = None,
+                   create_graph: bool | None = None) -> Params:
+        """One inner step from ``params`` (shared or ``[M, ...]``) on ``episodes``."""
+        inner = inner or self.inner
+        if next(iter(params.values())).dim() == next(iter(self.policy.parameters())).dim():
+            params = expand_params(params, episodes.num_tasks)
+        return inner.step(params, self.inner_loss(params, episodes), step, create_graph=create_graph)
+
+    def adapt(self, train: list[Episodes], create_graph: bool | None = None) -> Params:
+        """Adapted parameters ``[M, ...]`` after one step per list entry, from the current policy."""
+        params = self.params()
+        for s, episodes in enumerate(train):
+            params = self.adapt_step(params, episodes, s, create_graph=create_graph)
+        return params
+
+    # -- outer loop ---------------------------------------------------------------------------
+    def surrogate(self, adapted: Params, valid: Episodes, old: tuple[Tensor, Tensor] | None = None
+                  ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor]]:
+        """TRPO surrogate loss and mean KL over tasks, on the validation episodes.
+
+        Args:
+            adapted: the adapted parameters ``[M, ...]``.
+            valid: validation episodes (with advantages).
+            old: ``(mean, log_std)`` of the sampling policy; defaults to the detached current one.
+
+        Returns:
+            ``(loss, kl, (mean, log_std))``: scalar surrogate ``-E[ratio * A]`` and scalar mean
+            ``KL(old || new)``, both averaged over tasks.
+        """
+        mean, log_std = self.batched(adapted, valid.per_task(valid.obs))
+        if old is None:
+            old = (mean.detach(), log_std.detach())
+        actions, mask = valid.per_task(valid.actions), valid.per_task(valid.mask)
+        ratio = torch.exp(log_prob(mean, log_std, actions) - log_prob(*old, actions))
+        loss = -_masked_task_mean(ratio * valid.per_task(valid.advantages), mask).mean()
+        kl = _masked_task_mean(kl_divergence(*old, mean, log_std), mask).mean()
+        return loss, kl, old
+
+    def meta_step(self, train: list[Episodes], valid: Episodes, adapted: Params | None = None) -> dict[str, float]:
+        """One TRPO step on the initial parameters; leaves them unchanged if no step is accepted.
+
+        Args:
+            train: training episodes of each inner step (with advantages).
+            valid: validation episodes of the adapted policies (with advantages).
+            adapted: the adapted parameters with their graph, if already computed.
+
+        Raises:
+            FloatingPointError: a non-finite loss, gradient or step (the parameters are unchanged).
+        """
+        params = list(self.policy.parameters())
+        if adapted is None:
+            adapted = self.adapt(train)
+        loss, kl, old = self.surrogate(adapted, valid)
+        grads = flat(torch.autograd.grad(loss, params, retain_graph=True))
+        _require_finite(loss=loss, gradient=grads)
+
+        # Natural gradient direction: solve F x = g with conjugate gradient.
+        fvp = fisher_vector_product(kl, params, self.trpo.cg_damping)
+        step_dir, residual = conjugate_gradient(fvp, grads, self.trpo.cg_iters)
+        shs = 0.5 * (step_dir @ (grads - residual))  # = x^T F x / 2, without another product
+        _require_finite(step=step_dir, curvature=shs)
+        if shs <= 0:
+            return {"losses/surrogate_before": loss.item(), "charts/ls_accepted": 0.0, "charts/ls_steps": 0.0}
+        full_step = step_dir / torch.sqrt(shs / self.trpo.max_kl)
+
+        def evaluate() -> tuple[float, float]:
+            new_loss, new_kl, _ = self.surrogate(self.adapt(train, create_graph=False), valid, old)
+            return new_loss.item(), new_kl.item()
+
+        accepted, steps, new_loss, new_kl = line_search(
+            params, full_step, evaluate, loss.item(), self.trpo.max_kl, self.trpo.ls_max_steps,
+            self.trpo.ls_backtrack_ratio)
+        return {
+            "losses/surrogate_before": loss.item(),
+            "losses/surrogate_after": new_loss,
+            "losses/kl_after": new_kl,
+            "charts/ls_steps": float(steps),
+            "charts/ls_accepted": float(accepted),
+            "charts/step_norm": full_step.norm().item(),
+        }
+
+
+def _require_finite(**values: Tensor) -> None:
+    for name, v in values.items():
+        if not torch.isfinite(v).all():
+            raise FloatingPointError(
+                f"TRPO meta-step: the {name} is not finite; the policy was not updated. Lower inner.inner_lr "
+                "or trpo.max_kl, or resume from an earlier checkpoint."
+            )

@@ -1,0 +1,71 @@
+"""A Gaussian MLP policy applied with per-task parameters, all tasks in one call."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from rl_maml.aliases import Params
+from rl_maml.nn import MLP
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+class GaussianMLPPolicy(nn.Module):
+    """``a ~ N(mlp(obs), diag(exp(log_std))^2)`` with a learned, state-independent ``log_std``.
+
+    Args:
+        obs_dim, act_dim: sizes of observations and actions.
+        hidden_sizes: hidden widths ((100, 100) in the MAML paper; (64, 64) with tanh is the other
+            common choice).
+        activation: ``"relu"`` or ``"tanh"``.
+        init_std: initial standard deviation of every action dimension.
+        min_log_std: lower bound applied to ``log_std`` when the distribution is built.
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = (100, 100),
+                 activation: str = "relu", init_std: float = 1.0, min_log_std: float = -20.0):
+        super().__init__()
+        if init_std <= 0:
+            raise ValueError(f"init_std must be > 0, got {init_std}")
+        self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.mean = MLP(obs_dim, act_dim, hidden_sizes, activation)
+        self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
+        self.min_log_std = min_log_std
+
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``obs [..., obs_dim]`` -> ``(mean [..., act_dim], log_std [..., act_dim])``."""
+        mean = self.mean(obs)
+        return mean, self.log_std.clamp(min=self.min_log_std).expand_as(mean)
+
+
+def log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
+    """Log density of ``actions`` under the diagonal Gaussian, summed over the action axis."""
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z * z - log_std - 0.5 * _LOG_2PI).sum(-1)
+
+
+def kl_divergence(mean0: Tensor, log_std0: Tensor, mean1: Tensor, log_std1: Tensor) -> Tensor:
+    """``KL(N0 || N1)`` of diagonal Gaussians, summed over the action axis."""
+    var0, var1 = torch.exp(2 * log_std0), torch.exp(2 * log_std1)
+    return (log_std1 - log_std0 + (var0 + (mean0 - mean1) ** 2) / (2 * var1) - 0.5).sum(-1)
+
+
+class TaskBatchedPolicy:
+    """Applies a policy module with task-batched parameters: ``params [M, ...]``, ``obs [M, K, obs_dim]``."""
+
+    def __init__(self, module: GaussianMLPPolicy):
+        self.module = module
+
+        def one(params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:
+            return functional_call(module, params, (obs,))
+
+        self._apply = vmap(one, in_dims=(0, 0))
+
+    def __call__(self, params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(mean, log_std)``, each ``[M, K, act_dim]``."""
+        return self._apply(params, obs)

@@ -1,0 +1,189 @@
+"""Meta-RL math: returns and GAE by hand, the baseline fit, conjugate gradient, Fisher-vector
+products against explicit matrices, the line search, the sampler's masks."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rl_maml.inner import ConstantStepSize, InnerLoop
+from rl_maml.rl.baseline import LinearFeatureBaseline
+from rl_maml.rl.episodes import Episodes
+from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
+from rl_maml.rl.policy import GaussianMLPPolicy, kl_divergence, log_prob
+from rl_maml.rl.returns import discounted_returns, gae, normalize_per_task
+from rl_maml.rl.trpo import conjugate_gradient, fisher_vector_product, flat, line_search
+
+
+def test_discounted_returns_and_gae_by_hand():
+    # One episode of 3 steps that ends after step 1 (mask 1, 1, 0), gamma 0.9, lambda 0.8.
+    r = torch.tensor([1.0, 2.0, 5.0]).view(3, 1)
+    m = torch.tensor([1.0, 1.0, 0.0]).view(3, 1)
+    v = torch.tensor([0.5, 1.5, 9.0]).view(3, 1)
+    ret = discounted_returns(r, m, 0.9)
+    assert ret.flatten().tolist() == pytest.approx([1 + 0.9 * 2, 2.0, 0.0])
+    # deltas: d1 = 2 - 1.5 (episode over: V after it is 0); d0 = 1 + 0.9 * 1.5 - 0.5
+    d0, d1 = 1 + 0.9 * 1.5 - 0.5, 2 - 1.5
+    adv = gae(r, v, m, 0.9, 0.8)
+    assert adv.flatten().tolist() == pytest.approx([d0 + 0.9 * 0.8 * d1, d1, 0.0])
+    # lambda = 1 and a zero baseline give the discounted returns.
+    assert torch.allclose(gae(r, torch.zeros_like(v), m, 0.9, 1.0), ret)
+
+
+def test_normalize_per_task_ignores_masked_steps():
+    x = torch.tensor([[[1.0, 3.0], [10.0, 20.0]], [[100.0, 5.0], [30.0, 40.0]]])  # [T=2, M=2, B=2]
+    mask = torch.tensor([[[1.0, 1.0], [1.0, 1.0]], [[0.0, 1.0], [1.0, 1.0]]])
+    y = normalize_per_task(x, mask)
+    for task in range(2):
+        vals = y[:, task][mask[:, task] > 0]
+        assert abs(vals.mean().item()) < 1e-6 and abs(vals.std(unbiased=False).item() - 1) < 1e-3
+    assert y[1, 0, 0] == 0
+
+
+def test_baseline_recovers_linear_returns_per_task():
+    g = torch.Generator().manual_seed(0)
+    T, M, B, d = 12, 3, 4, 2
+    obs = torch.rand(T, M, B, d, generator=g)
+    feats = LinearFeatureBaseline.features(obs)
+    coef = torch.randn(M, feats.shape[-1], generator=g)
+    returns = torch.einsum("tmbf,mf->tmb", feats, coef)
+    mask = torch.ones(T, M, B)
+    mask[8:, :, 0] = 0  # one episode per task ends early; its padding holds garbage
+    returns = torch.where(mask > 0, returns, torch.full_like(returns, 1e6))
+    values = LinearFeatureBaseline(reg_coeff=1e-10).fit_predict(obs, returns, mask)
+    assert torch.allclose(values * mask, returns * mask, atol=1e-3)
+    assert (values[mask == 0] == 0).all()
+
+
+def test_conjugate_gradient_matches_numpy_solve():
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((8, 8))
+    spd = a @ a.T + 8 * np.eye(8)
+    b = rng.standard_normal(8)
+    A = torch.tensor(spd)
+    x, r = conjugate_gradient(lambda v: A @ v, torch.tensor(b), iters=20, residual_tol=1e-28)
+    np.testing.assert_allclose(x.numpy(), np.linalg.solve(spd, b), rtol=1e-8, atol=1e-10)
+    assert torch.allclose(r, torch.tensor(b) - A @ x, atol=1e-10)
+
+
+def test_fisher_vector_product_equals_explicit_fisher(float64):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (3,), "tanh", init_std=0.7)
+    obs = torch.randn(5, 2)
+    names = [n for n, _ in policy.named_parameters()]
+    params = list(policy.parameters())
+    mean, log_std = policy(obs)
+    kl = kl_divergence(mean.detach(), log_std.detach(), *policy(obs)).mean()
+    fvp = fisher_vector_product(kl, params, damping=0.0)
+
+    # Explicit Fisher of a Gaussian policy, averaged over states: J_mu^T diag(1/sigma^2) J_mu for
+    # the mean network's parameters and 2 I for the log standard deviations, no cross terms.
+    sizes = [p.numel() for p in params]
+    starts = dict(zip(names, np.cumsum([0, *sizes[:-1]])))
+    mean_names = [n for n in names if n != "log_std"]
+    mean_index = torch.cat([torch.arange(starts[n], starts[n] + policy.get_parameter(n).numel()) for n in mean_names])
+    std_index = torch.arange(starts["log_std"], starts["log_std"] + 2)
+    sigma2 = torch.exp(2 * policy.log_std.detach())
+    theta0 = flat([policy.get_parameter(n).detach() for n in mean_names])
+    shapes = [policy.get_parameter(n).shape for n in mean_names]
+
+    n = sum(sizes)
+    fisher = torch.zeros(n, n)
+    for s in obs:
+        def mean_of(theta, s=s):
+            chunks = torch.split(theta, [math.prod(sh) for sh in shapes])
+            named = {k.removeprefix("mean."): c.view(sh) for k, c, sh in zip(mean_names, chunks, shapes)}
+            return torch.func.functional_call(policy.mean, named, (s,))
+
+        jac = torch.autograd.functional.jacobian(mean_of, theta0)  # [act_dim, n_mean]
+        fisher[mean_index.unsqueeze(1), mean_index] += jac.T @ torch.diag(1 / sigma2) @ jac / len(obs)
+    fisher[std_index.unsqueeze(1), std_index] = 2 * torch.eye(2)
+    v = torch.randn(n)
+    assert torch.allclose(fvp(v), fisher @ v, atol=1e-10)
+
+
+def tiny_episodes(T=6, M=2, B=3, obs_dim=2, act_dim=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(T, M, B)
+    mask[4:, 0, 1] = 0
+    eps = Episodes(torch.randn(T, M, B, obs_dim, generator=g), torch.randn(T, M, B, act_dim, generator=g),
+                   torch.randn(T, M, B, generator=g) * mask, mask)
+    eps.advantages = torch.randn(T, M, B, generator=g) * mask
+    return eps
+
+
+def test_fisher_vector_product_through_the_adaptation_graph(float64):
+    """Through MAML's second-order graph the FVP is the Hessian of the KL of the adapted policies."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (3,), "tanh")
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings())
+    train, valid = [tiny_episodes(seed=1)], tiny_episodes(seed=2)
+    params = list(policy.parameters())
+    _, kl, old = meta.surrogate(meta.adapt(train), valid)
+    fvp = fisher_vector_product(kl, params, damping=0.0)
+    shapes = [p.shape for p in params]
+    names = [n for n, _ in policy.named_parameters()]
+
+    def kl_of(theta):
+        chunks = torch.split(theta, [math.prod(s) for s in shapes])
+        named = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
+        adapted = meta.adapt_step(named, train[0], 0, create_graph=True)
+        return meta.surrogate(adapted, valid, old)[1]
+
+    hessian = torch.autograd.functional.hessian(kl_of, flat([p.detach() for p in params]))
+    v = torch.randn(hessian.shape[0])
+    assert torch.allclose(fvp(v), hessian @ v, atol=1e-9)
+
+
+def test_line_search_rejects_and_restores_exactly():
+    w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    before = w.detach().clone()
+    accepted, steps, *_ = line_search([w], torch.tensor([0.5, 0.5]), lambda: (5.0, 0.0), loss_before=1.0,
+                                      max_kl=0.01, max_steps=4)
+    assert not accepted and steps == 4 and torch.equal(w.detach(), before)
+    # A step that improves the loss but breaks the KL bound at full size is shrunk until it fits.
+    calls = []
+
+    def evaluate():
+        dist = (w.detach() - before).norm().item()
+        calls.append(dist)
+        return -dist, dist  # loss improves with any step; kl = distance
+
+    accepted, steps, loss, kl = line_search([w], torch.tensor([1.0, 0.0]), evaluate, 0.0, max_kl=0.7,
+                                            backtrack_ratio=0.8)
+    assert accepted and steps == 3 and kl == pytest.approx(0.64) and torch.allclose(w.detach(), before - 0.64 *
+                                                                                      torch.tensor([1.0, 0.0]))
+
+
+def test_meta_step_improves_surrogate_or_leaves_parameters():
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.1), 1), TRPOSettings(max_kl=0.01))
+    train, valid = [tiny_episodes(seed=1)], tiny_episodes(seed=2)
+    before = [p.detach().clone() for p in policy.parameters()]
+    logs = meta.meta_step(train, valid)
+    if logs["charts/ls_accepted"]:
+        assert logs["losses/surrogate_after"] < logs["losses/surrogate_before"]
+        assert logs["losses/kl_after"] < 0.01
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    # Non-finite advantages are an error and the parameters stay as they were.
+    valid.advantages = valid.advantages * float("nan")
+    before = [p.detach().clone() for p in policy.parameters()]
+    with pytest.raises(FloatingPointError, match="not finite"):
+        meta.meta_step(train, valid)
+    assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+
+
+def test_log_prob_and_kl_against_torch_distributions():
+    mean, log_std = torch.randn(4, 3), torch.randn(4, 3) * 0.3
+    a = torch.randn(4, 3)
+    ref = torch.distributions.Normal(mean, log_std.exp())
+    assert torch.allclose(log_prob(mean, log_std, a), ref.log_prob(a).sum(-1), atol=1e-5)
+    mean1, log_std1 = torch.randn(4, 3), torch.randn(4, 3) * 0.3
+    ref1 = torch.distributions.Normal(mean1, log_std1.exp())
+    assert torch.allclose(kl_divergence(mean, log_std, mean1, log_std1),
+                          torch.distributions.kl_divergence(ref, ref1).sum(-1), atol=1e-5)
