@@ -5,6 +5,7 @@ Composition only; the math lives in :mod:`rl_maml.rl`.
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -29,12 +30,16 @@ class MAMLTRPOAgent:
         fast_batch_size: episodes per task and inner step (B).
         gamma, gae_lambda: discount and GAE parameter.
         seed: drives tasks (per iteration), episode resets and action noise.
+        meta_step_threads: torch threads during the meta-step (0: all cores). Sampling keeps the
+            caller's setting (one thread leaves the cores to MuJoCo, whose threads are idle during
+            the meta-step).
     """
 
     name = "maml"
 
     def __init__(self, env, policy: GaussianMLPPolicy, inner: InnerLoop, trpo: TRPOSettings, meta_batch_size: int,
-                 fast_batch_size: int, gamma: float = 0.99, gae_lambda: float = 1.0, seed: int = 0):
+                 fast_batch_size: int, gamma: float = 0.99, gae_lambda: float = 1.0, seed: int = 0,
+                 meta_step_threads: int = 0):
         self.env = env
         self.policy = policy
         self.meta = MAMLTRPO(policy, inner, trpo)
@@ -43,6 +48,7 @@ class MAMLTRPOAgent:
         self.gamma, self.gae_lambda = gamma, gae_lambda
         self.seed = seed
         self.device = next(policy.parameters()).device
+        self.meta_step_threads = meta_step_threads or os.cpu_count() or 1
 
     def sample_tasks(self, iteration: int) -> dict[str, torch.Tensor]:
         tasks = self.env.TASKS.sample(self.M, numpy_generator(self.seed, "tasks", iteration))
@@ -70,7 +76,12 @@ class MAMLTRPOAgent:
         t1 = time.perf_counter()
         valid = self._sample(params, tasks, iteration, "valid")
         t2 = time.perf_counter()
-        logs = self.meta.meta_step(train, valid, adapted=params)
+        sampling_threads = torch.get_num_threads()
+        torch.set_num_threads(self.meta_step_threads)
+        try:
+            logs = self.meta.meta_step(train, valid, adapted=params)
+        finally:
+            torch.set_num_threads(sampling_threads)
         t3 = time.perf_counter()
         t_sample += t2 - t1
         steps = sum(e.num_steps() for e in train) + valid.num_steps()

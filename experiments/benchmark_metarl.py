@@ -35,17 +35,42 @@ def raw_rate(num_envs: int, steps: int = 100) -> float:
     return num_envs * (steps - 1) / (time.perf_counter() - t0)
 
 
+def fvp_costs(agent, repeats: int = 3) -> tuple[float, float]:
+    """Seconds per Fisher-vector product: autograd through the whole graph vs the structured form."""
+    from rl_maml.rl.trpo import fisher_vector_product
+
+    meta = agent.meta
+    tasks = agent.sample_tasks(0)
+    train = [agent._sample(meta.params(), tasks, 0, 0)]
+    adapted = meta.adapt_step(meta.params(), train[0], 0)
+    valid = agent._sample(adapted, tasks, 0, "valid")
+    params = list(meta.policy.parameters())
+    v = torch.randn(sum(p.numel() for p in params))
+    _, kl, _ = meta.surrogate(adapted, valid)
+    products = {"generic": fisher_vector_product(kl, params, 1e-5),
+                "structured": meta.fisher_vector_product(train, valid, 1e-5)}
+    out = []
+    for fvp in products.values():
+        fvp(v)
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fvp(v)
+        out.append((time.perf_counter() - t0) / repeats)
+    return out[0], out[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--tasks", type=int, default=40)
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--cg-iters", type=int, default=10)
+    ap.add_argument("--fvp-subsample", type=float, default=1.0, help="fraction of episodes for Fisher products")
     args = ap.parse_args()
     cfg = from_dict(MetaRLConfig, {
         "env": {"name": "HalfCheetahVel", "convention": "gym"},
         "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes},
-        "trpo": {"cg_iters": args.cg_iters},
+        "trpo": {"cg_iters": args.cg_iters, "fvp_subsample": args.fvp_subsample},
     })
     torch.set_num_threads(cfg.train.num_threads)
     agent = build_agent(cfg, torch.device("cpu"))
@@ -57,8 +82,12 @@ def main() -> None:
     total = med("time/sampling_s") + med("time/adapting_s") + med("time/meta_step_s")
     steps = med("charts/env_steps")
     raw = raw_rate(args.tasks * args.episodes)
+    torch.set_num_threads(agent.meta_step_threads)
+    generic, structured = fvp_costs(agent)
+    torch.set_num_threads(cfg.train.num_threads)
     print(f"HalfCheetahVel, gym convention, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
-          f"torch threads {torch.get_num_threads()}; median of {args.iterations} iterations")
+          f"torch threads {torch.get_num_threads()} sampling / {agent.meta_step_threads} meta-step, "
+          f"fvp_subsample {args.fvp_subsample}; median of {args.iterations} iterations")
     print("| phase | seconds | share |")
     print("|---|---|---|")
     for key, label in (("time/sampling_s", "sampling (train + valid)"), ("time/adapting_s", "inner update"),
@@ -68,6 +97,8 @@ def main() -> None:
     print(f"\nenv steps per iteration: {steps:,.0f}; iteration: {steps / total:,.0f} env steps/s; "
           f"batched stepper raw (N = {args.tasks * args.episodes}): {raw:,.0f} env steps/s; "
           f"ratio {steps / total / raw:.0%}")
+    print(f"one Fisher-vector product on all episodes ({agent.meta_step_threads} threads): autograd through the "
+          f"whole graph {generic:.2f} s, structured J^T F' J {structured:.2f} s ({generic / structured:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -69,42 +69,44 @@ class EnvConfig:
 
 @dataclass
 class PolicyConfig:
+    """The Gaussian MLP policy."""
+
     hidden_sizes: tuple[int, ...] = (100, 100)
     """Hidden widths (paper: 100, 100 with ReLU)."""
     activation: Literal["relu", "tanh"] = "relu"
+    """Hidden activation (the common alternative: 64, 64 with tanh)."""
     init_std: float = 1.0
     """Initial action standard deviation."""
-
-
-@dataclass
-class TRPOConfig:
-    max_kl: float = 0.01
-    cg_iters: int = 10
-    cg_damping: float = 1e-5
-    ls_max_steps: int = 15
-    ls_backtrack_ratio: float = 0.8
-
-    def __post_init__(self) -> None:
-        if not (self.max_kl > 0 and self.cg_iters >= 1 and self.ls_max_steps >= 1 and 0 < self.ls_backtrack_ratio < 1):
-            raise ConfigError("trpo: max_kl > 0, cg_iters >= 1, ls_max_steps >= 1, 0 < ls_backtrack_ratio < 1")
+    output_init_scale: float = 1.0
+    """Scale of the output layer's initial weights (0.01 starts the mean action near 0)."""
 
 
 @dataclass
 class RLTrainConfig:
+    """The outer loop of meta-RL training."""
+
     num_iterations: int = 500
+    """Meta-iterations (one TRPO step each)."""
     meta_batch_size: int = 40
     """Tasks per meta-batch (M)."""
     fast_batch_size: int = 20
     """Episodes per task and inner step (B)."""
     gamma: float = 0.99
+    """Discount factor."""
     gae_lambda: float = 1.0
+    """GAE parameter (1.0: Monte-Carlo returns minus the baseline)."""
     checkpoint_every: int = 10
+    """Write a checkpoint every this many iterations (and at the end)."""
     keep_checkpoints: int = 3
+    """How many of the newest checkpoints to keep."""
     log_every: int = 1
+    """Write TensorBoard scalars every this many iterations."""
     device: str = "cpu"
     """cpu, cuda or auto; MuJoCo physics always runs on the CPU."""
     num_threads: int | None = 1
-    """torch threads; one leaves the cores to the MuJoCo threads (torch's threads spin)."""
+    """torch threads while sampling; one leaves the cores to the MuJoCo threads (torch's threads spin)."""
+    meta_step_threads: int = 0
+    """torch threads during the TRPO meta-step, when MuJoCo is idle (0: all cores)."""
 
     def __post_init__(self) -> None:
         if min(self.num_iterations + 1, self.meta_batch_size, self.fast_batch_size, self.checkpoint_every,
@@ -116,6 +118,8 @@ class RLTrainConfig:
 
 @dataclass
 class RLEvalConfig:
+    """Test-time evaluation (MAML paper, Figures 4-5)."""
+
     num_tasks: int = 40
     """Held-out test tasks."""
     num_steps: int = 3
@@ -133,13 +137,18 @@ class RLEvalConfig:
 
 @dataclass
 class MetaRLConfig:
+    """A meta-RL experiment: family, policy, inner loop, TRPO meta-step, training and evaluation."""
+
     benchmark: Literal["metarl"] = "metarl"
+    """Which experiment this config is for."""
     name: str = "metarl"
+    """A label for the run."""
     seed: int = 0
+    """Drives initialisation, training tasks, episode resets and action noise."""
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     inner: InnerConfig = field(default_factory=lambda: InnerConfig(inner_lr=0.1))
-    trpo: TRPOConfig = field(default_factory=TRPOConfig)
+    trpo: TRPOSettings = field(default_factory=TRPOSettings)
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
     eval: RLEvalConfig = field(default_factory=RLEvalConfig)
 
@@ -155,7 +164,8 @@ def _device(name: str) -> torch.device:
 
 def make_policy(cfg: MetaRLConfig, env, device: torch.device) -> GaussianMLPPolicy:
     p = cfg.policy
-    return GaussianMLPPolicy(env.obs_dim, env.act_dim, p.hidden_sizes, p.activation, p.init_std).to(device)
+    return GaussianMLPPolicy(env.obs_dim, env.act_dim, p.hidden_sizes, p.activation, p.init_std,
+                             p.output_init_scale).to(device)
 
 
 def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:
@@ -166,9 +176,8 @@ def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:
     inner, learned = make_inner_loop(cfg.inner, dict(policy.named_parameters()))
     if learned is not None:
         raise ConfigError("inner.step_size: learned step sizes are not supported by MAML-TRPO yet; use fixed")
-    trpo = TRPOSettings(**vars(cfg.trpo))
-    return MAMLTRPOAgent(env, policy, inner, trpo, t.meta_batch_size, t.fast_batch_size, t.gamma, t.gae_lambda,
-                         cfg.seed)
+    return MAMLTRPOAgent(env, policy, inner, cfg.trpo, t.meta_batch_size, t.fast_batch_size, t.gamma, t.gae_lambda,
+                         cfg.seed, t.meta_step_threads)
 
 
 def train(cfg: MetaRLConfig, run_dir: Path, resume: bool, progress: bool = True) -> dict[str, float]:
@@ -231,8 +240,8 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
               "oracle": "oracle (PPO, task observed)"}
     write_results(out, results, f"# {title}\n\n" + markdown_table(methods, steps, digits=1, labels=labels))
     fig, ax = plots.plt.subplots(figsize=(5, 4))
-    plots.plot_adaptation_curves(ax, methods, steps, "average return", constant=("oracle",))
-    ax.set_title(f"{cfg.env.name} ({cfg.env.convention})")
+    plots.plot_adaptation_curves(ax, methods, steps, "average return", constant=("oracle",), labels=labels)
+    ax.set_title(cfg.env.name if cfg.env.name == "Navigation2D" else f"{cfg.env.name} ({cfg.env.convention})")
     plots.save(fig, out / "adaptation.png")
     if cfg.env.name == "Navigation2D":
         plot_navigation(episodes["maml"], tasks, out / "trajectories.png")

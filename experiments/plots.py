@@ -12,13 +12,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 STYLE = {
     "maml": {"color": "tab:red", "marker": "o", "label": "MAML"},
-    "pretrained": {"color": "tab:blue", "marker": "s", "label": "pretrained (NAL)"},
+    "pretrained": {"color": "tab:blue", "marker": "s", "label": "pretrained"},
+    "random": {"color": "tab:gray", "marker": "x", "label": "random init"},
     "oracle": {"color": "tab:green", "linestyle": "--", "label": "oracle"},
 }
 
 
 def plot_adaptation_curves(ax, methods: Mapping[str, Mapping[str, Sequence[float]]], steps: Sequence[int],
-                           ylabel: str, constant: Sequence[str] = ("oracle",)) -> None:
+                           ylabel: str, constant: Sequence[str] = ("oracle",),
+                           labels: Mapping[str, str] | None = None) -> None:
     """Mean +- 95% CI against the number of gradient steps (MAML paper, Figures 3-5).
 
     ``methods[name] = {"mean": [...], "ci95": [...]}`` per step. Methods in ``constant`` are drawn
@@ -26,6 +28,8 @@ def plot_adaptation_curves(ax, methods: Mapping[str, Mapping[str, Sequence[float
     """
     for name, res in methods.items():
         style = dict(STYLE.get(name, {"label": name}))
+        if labels and name in labels:
+            style["label"] = labels[name]
         mean, ci = list(res["mean"]), list(res["ci95"])
         if name in constant:
             ax.axhline(mean[0], color=style.get("color"), linestyle="--", label=style["label"])

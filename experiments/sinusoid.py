@@ -226,6 +226,6 @@ def plot_sinusoid(cfg: SinusoidConfig, learners: dict[str, SupervisedLearner], b
                    zorder=5, label=f"{cfg.task.num_support} points used for gradient")
         ax.set_title(f"{LABELS[name]}, K={cfg.task.num_support}")
         ax.legend(fontsize=7)
-    plots.plot_adaptation_curves(axes[-1], results["methods"], results["steps"], "mean squared error")
+    plots.plot_adaptation_curves(axes[-1], results["methods"], results["steps"], "mean squared error", labels=LABELS)
     axes[-1].set_title(f"{results['num_test_tasks']} test tasks, 95% CI")
     plots.save(fig, path)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from rl_maml.inner import ConstantStepSize, InnerLoop
+from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop
 from rl_maml.rl.baseline import LinearFeatureBaseline
 from rl_maml.rl.episodes import Episodes
 from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
@@ -138,6 +138,24 @@ def test_fisher_vector_product_through_the_adaptation_graph(float64):
     assert torch.allclose(fvp(v), hessian @ v, atol=1e-9)
 
 
+@pytest.mark.parametrize("case", ["one step", "two steps", "masked", "first order"])
+def test_structured_fvp_equals_autograd_through_the_full_graph(float64, case):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
+    mask = AdaptationMask.only({"mean.layers.2.weight", "mean.layers.2.bias"}) if case == "masked" else None
+    steps = 2 if case == "two steps" else 1
+    inner = InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), steps, first_order=case == "first order", mask=mask)
+    meta = MAMLTRPO(policy, inner, TRPOSettings())
+    train, valid = [tiny_episodes(seed=1 + s) for s in range(steps)], tiny_episodes(seed=9)
+    params = list(policy.parameters())
+    _, kl, old = meta.surrogate(meta.adapt(train), valid)
+    reference = fisher_vector_product(kl, params, damping=0.01)
+    structured = meta.fisher_vector_product(train, valid, damping=0.01)
+    for seed in range(3):
+        v = torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(seed))
+        assert torch.allclose(structured(v), reference(v), atol=1e-10, rtol=1e-8)
+
+
 def test_line_search_rejects_and_restores_exactly():
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     before = w.detach().clone()
@@ -187,3 +205,47 @@ def test_log_prob_and_kl_against_torch_distributions():
     ref1 = torch.distributions.Normal(mean1, log_std1.exp())
     assert torch.allclose(kl_divergence(mean, log_std, mean1, log_std1),
                           torch.distributions.kl_divergence(ref, ref1).sum(-1), atol=1e-5)
+
+
+def test_output_init_scale_starts_the_mean_near_zero():
+    torch.manual_seed(0)
+    obs = torch.randn(64, 2)
+    wide = GaussianMLPPolicy(2, 2, (16,))(obs)[0].abs().mean()
+    torch.manual_seed(0)
+    small = GaussianMLPPolicy(2, 2, (16,), output_init_scale=0.01)(obs)[0].abs().mean()
+    assert small < 0.02 * wide
+    with pytest.raises(ValueError, match="output_init_scale"):
+        GaussianMLPPolicy(2, 2, output_init_scale=0.0)
+
+
+def test_fvp_subsample_uses_the_first_episodes(float64):
+    """With fvp_subsample the curvature comes from the first episodes of each task only."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings(fvp_subsample=0.3))
+    train, valid = [tiny_episodes(seed=1)], tiny_episodes(seed=9)  # B = 3 episodes: the first one is kept
+    sub_train, sub_valid = [train[0].first_episodes(1)], valid.first_episodes(1)
+    assert sub_valid.obs.shape[2] == 1 and torch.equal(sub_valid.obs[:, :, 0], valid.obs[:, :, 0])
+    # The subsampled product is the exact Fisher (through the adaptation) of the subsample.
+    _, kl, _ = meta.surrogate(meta.adapt(sub_train), sub_valid)
+    expected = fisher_vector_product(kl, list(policy.parameters()), meta.trpo.cg_damping)
+    calls = []
+    original = meta.fisher_vector_product
+
+    def spy(tr, va, damping):
+        calls.append((tr[0].obs.shape, va.obs.shape))
+        fvp = original(tr, va, damping)
+        v = torch.randn(sum(p.numel() for p in policy.parameters()))
+        assert torch.allclose(fvp(v), expected(v), atol=1e-10)
+        return fvp
+
+    meta.fisher_vector_product = spy
+    evaluated = []
+    original_adapt = meta.adapt
+    meta.adapt = lambda tr, **kw: evaluated.append(tr[0].obs.shape) or original_adapt(tr, **kw)
+    logs = meta.meta_step(train, valid)
+    assert calls == [(sub_train[0].obs.shape, sub_valid.obs.shape)]
+    # The gradient and the line search use every episode.
+    assert set(evaluated) <= {train[0].obs.shape} and len(evaluated) == logs["charts/ls_steps"] + 1
+    with pytest.raises(ValueError, match="fvp_subsample"):
+        TRPOSettings(fvp_subsample=0.0)

@@ -40,6 +40,12 @@ class Episodes:
         """Undiscounted return of every episode, ``[M, B]``."""
         return (self.rewards * self.mask).sum(0)
 
+    def first_episodes(self, count: int) -> Episodes:
+        """The first ``count`` episodes of every task (a subsample; episodes are i.i.d.)."""
+        adv = None if self.advantages is None else self.advantages[:, :, :count]
+        return Episodes(self.obs[:, :, :count], self.actions[:, :, :count], self.rewards[:, :, :count],
+                        self.mask[:, :, :count], adv)
+
     def num_steps(self) -> int:
         return int(self.mask.sum().item())
 

@@ -9,6 +9,8 @@ Fisher-vector products, backtracking line search.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,18 +21,32 @@ from rl_maml.functional import expand_params, params_of
 from rl_maml.inner import InnerLoop
 from rl_maml.rl.episodes import Episodes
 from rl_maml.rl.policy import GaussianMLPPolicy, TaskBatchedPolicy, kl_divergence, log_prob
-from rl_maml.rl.trpo import conjugate_gradient, fisher_vector_product, flat, line_search
+from rl_maml.rl.trpo import conjugate_gradient, flat, line_search
 
 
 @dataclass(frozen=True)
 class TRPOSettings:
-    """Hyperparameters of the TRPO meta-step (names as everywhere in rl_maml)."""
+    """Hyperparameters of the TRPO meta-step (the ``trpo`` section of a meta-RL config)."""
 
     max_kl: float = 0.01
+    """Largest mean KL divergence between the adapted policies before and after the step."""
     cg_iters: int = 10
+    """Conjugate-gradient iterations for the natural-gradient direction."""
     cg_damping: float = 1e-5
+    """Added to the Fisher matrix's diagonal."""
     ls_max_steps: int = 15
+    """Backtracking line-search candidates before giving up (parameters unchanged)."""
     ls_backtrack_ratio: float = 0.8
+    """Each candidate step is this fraction of the previous one."""
+    fvp_subsample: float = 1.0
+    """Fraction of each task's episodes used for the Fisher-vector products (the gradient and the
+    line search use all); 1.0 is exact, smaller values trade curvature accuracy for speed."""
+
+    def __post_init__(self) -> None:
+        if not (self.max_kl > 0 and self.cg_iters >= 1 and self.cg_damping >= 0 and self.ls_max_steps >= 1
+                and 0 < self.ls_backtrack_ratio < 1 and 0 < self.fvp_subsample <= 1):
+            raise ValueError("need max_kl > 0, cg_iters >= 1, cg_damping >= 0, ls_max_steps >= 1, "
+                             f"0 < ls_backtrack_ratio < 1 and 0 < fvp_subsample <= 1, got {self}")
 
 
 def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -102,6 +118,69 @@ class MAMLTRPO:
         kl = _masked_task_mean(kl_divergence(*old, mean, log_std), mask).mean()
         return loss, kl, old
 
+    def fisher_vector_product(self, train: list[Episodes], valid: Episodes, damping: float
+                              ) -> Callable[[Tensor], Tensor]:
+        """``v -> (F + damping I) v`` for the Fisher of the adapted policies w.r.t. the initial parameters.
+
+        At the current parameters the KL's gradient w.r.t. the adapted parameters is zero, so the
+        Hessian of the KL through the adaptation is exactly ``J^T F' J``: ``F'`` the Fisher of the
+        adapted policies, ``J = prod_s (I - alpha_s H_s)`` the Jacobian of the inner steps
+        (``H_s`` the per-task Hessian of step s's inner loss). Each product then costs two
+        Hessian-vector products per inner step and one through the KL, all second order, instead
+        of autograd's third-order pass through the whole graph. First-order MAML uses ``J = I``.
+        Equal to :func:`~rl_maml.rl.trpo.fisher_vector_product` on the full graph (tested).
+
+        The reference distribution of the KL is the one the adapted parameters give on
+        ``valid``, so a subsample of the episodes (``train`` and ``valid`` alike) gives the
+        Fisher of that subsample, still positive semi-definite.
+        """
+        names = list(self.params())
+        shared = self.params()
+        M = valid.num_tasks
+        steps = []  # (leaves [M, ...], gradients g_s, adapted names, step index)
+        current = expand_params({k: v.detach() for k, v in shared.items()}, M)
+        for s, episodes in enumerate(train):
+            leaf = {k: v.detach().requires_grad_(True) for k, v in current.items()}
+            g = torch.autograd.grad(self.inner_loss(leaf, episodes).sum(), list(leaf.values()),
+                                    create_graph=not self.inner.first_order)
+            grads = dict(zip(names, g))
+            adapted_names = set(self.inner.adapted_names(s, leaf))
+            steps.append((leaf, grads, adapted_names, s))
+            current = {n: (leaf[n] - self.inner.step_size(s, n) * grads[n] if n in adapted_names else leaf[n]).detach()
+                       for n in names}
+        final = {k: v.requires_grad_(True) for k, v in current.items()}
+        mean, log_std = self.batched(final, valid.per_task(valid.obs))
+        kl = _masked_task_mean(kl_divergence(mean.detach(), log_std.detach(), mean, log_std),
+                               valid.per_task(valid.mask)).mean()
+        grad_kl = dict(zip(names, torch.autograd.grad(kl, list(final.values()), create_graph=True)))
+
+        def hvp(step, u: Params) -> Params:
+            leaf, grads, _, _ = step
+            dot = sum((grads[n] * u[n]).sum() for n in names)
+            return dict(zip(names, torch.autograd.grad(dot, list(leaf.values()), retain_graph=True)))
+
+        shapes = [shared[n].shape for n in names]
+
+        def fvp(v: Tensor) -> Tensor:
+            chunks = torch.split(v, [math.prod(sh) for sh in shapes])
+            u = {n: c.view(sh).unsqueeze(0).expand(M, *sh) for n, c, sh in zip(names, chunks, shapes)}
+            if not self.inner.first_order:
+                for step in steps:  # u <- J_s u = u - alpha_s (H_s u) on the adapted tensors
+                    hu, adapted_names, s = hvp(step, u), step[2], step[3]
+                    u = {n: u[n] - self.inner.step_size(s, n) * hu[n] if n in adapted_names else u[n] for n in names}
+            dot = sum((grad_kl[n] * u[n]).sum() for n in names)
+            w = dict(zip(names, torch.autograd.grad(dot, list(final.values()), retain_graph=True)))
+            if not self.inner.first_order:
+                for step in reversed(steps):  # w <- J_s^T w = w - H_s (alpha_s w on the adapted tensors)
+                    adapted_names, s = step[2], step[3]
+                    z = {n: self.inner.step_size(s, n) * w[n] if n in adapted_names else torch.zeros_like(w[n])
+                         for n in names}
+                    hz = hvp(step, z)
+                    w = {n: w[n] - hz[n] for n in names}
+            return flat([w[n].sum(0) for n in names]) + damping * v
+
+        return fvp
+
     def meta_step(self, train: list[Episodes], valid: Episodes, adapted: Params | None = None) -> dict[str, float]:
         """One TRPO step on the initial parameters; leaves them unchanged if no step is accepted.
 
@@ -116,12 +195,18 @@ class MAMLTRPO:
         params = list(self.policy.parameters())
         if adapted is None:
             adapted = self.adapt(train)
-        loss, kl, old = self.surrogate(adapted, valid)
-        grads = flat(torch.autograd.grad(loss, params, retain_graph=True))
+        loss, _, old = self.surrogate(adapted, valid)
+        grads = flat(torch.autograd.grad(loss, params))
         _require_finite(loss=loss, gradient=grads)
 
-        # Natural gradient direction: solve F x = g with conjugate gradient.
-        fvp = fisher_vector_product(kl, params, self.trpo.cg_damping)
+        # Natural gradient direction: solve F x = g with conjugate gradient (curvature optionally
+        # estimated on a subsample of the episodes).
+        if self.trpo.fvp_subsample < 1.0:
+            count = max(1, math.ceil(self.trpo.fvp_subsample * valid.obs.shape[2]))
+            train_fvp, valid_fvp = [e.first_episodes(count) for e in train], valid.first_episodes(count)
+        else:
+            train_fvp, valid_fvp = train, valid
+        fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping)
         step_dir, residual = conjugate_gradient(fvp, grads, self.trpo.cg_iters)
         shs = 0.5 * (step_dir @ (grads - residual))  # = x^T F x / 2, without another product
         _require_finite(step=step_dir, curvature=shs)

@@ -24,16 +24,25 @@ class GaussianMLPPolicy(nn.Module):
             common choice).
         activation: ``"relu"`` or ``"tanh"``.
         init_std: initial standard deviation of every action dimension.
+        output_init_scale: multiplies the output layer's initial weights (its bias starts at 0);
+            a small value (0.01) starts the mean near 0, so that a small ``init_std`` begins as a
+            local random walk rather than a drift in a random direction.
         min_log_std: lower bound applied to ``log_std`` when the distribution is built.
     """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = (100, 100),
-                 activation: str = "relu", init_std: float = 1.0, min_log_std: float = -20.0):
+                 activation: str = "relu", init_std: float = 1.0, output_init_scale: float = 1.0,
+                 min_log_std: float = -20.0):
         super().__init__()
-        if init_std <= 0:
-            raise ValueError(f"init_std must be > 0, got {init_std}")
+        if init_std <= 0 or output_init_scale <= 0:
+            raise ValueError(f"init_std and output_init_scale must be > 0, got {init_std}, {output_init_scale}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.mean = MLP(obs_dim, act_dim, hidden_sizes, activation)
+        if output_init_scale != 1.0:
+            head = self.mean.layers[-1]
+            with torch.no_grad():
+                head.weight.mul_(output_init_scale)
+                head.bias.zero_()
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
         self.min_log_std = min_log_std
 
