@@ -19,9 +19,9 @@ import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
+from rl_maml.envs.registration import ENV_IDS
 from torch import nn
 
-from rl_maml.envs.registration import ENV_IDS
 from rl_maml.rl.policy import GaussianMLPPolicy
 
 _ACT = {"relu": nn.ReLU, "tanh": nn.Tanh}

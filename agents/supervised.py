@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from rl_maml.aliases import Params
 from rl_maml.functional import TaskBatchedModel, expand_params, params_of
 from rl_maml.inner import ConstantStepSize, InnerLoop, LearnedStepSize
 from rl_maml.maml import meta_loss
 from rl_maml.tasks.base import TaskBatch
-from rl_maml.aliases import Params
 
 
 class SupervisedLearner:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
-
 from rl_maml.envs.tasks import TaskSpace
 
 

@@ -20,9 +20,8 @@ import numpy as np
 import torch
 from gymnasium.utils import seeding
 from mujoco import batch as mjbatch
-from torch import Tensor
-
 from rl_maml.envs.locomotion import LocomotionEnv, reset_state, step_reward
+from torch import Tensor
 
 
 class BatchedLocomotion:

@@ -29,7 +29,6 @@ import mujoco
 import numpy as np
 from gymnasium import spaces
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
-
 from rl_maml.envs.base import TaskEnvMixin, check_action
 from rl_maml.envs.tasks import (
     ANT_DIR_TASKS,

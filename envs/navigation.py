@@ -8,10 +8,9 @@ import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
-from torch import Tensor
-
 from rl_maml.envs.base import TaskEnvMixin, check_action
 from rl_maml.envs.tasks import NAVIGATION_TASKS
+from torch import Tensor
 
 
 class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):

@@ -25,9 +25,9 @@ import gymnasium
 import mujoco
 import numpy as np
 import torch
+from rl_maml.envs import ENV_IDS, make_batched
 
 import rl_maml  # noqa: F401  (registers the envs)
-from rl_maml.envs import ENV_IDS, make_batched
 
 
 def rate(step_fn, seconds: float) -> float:

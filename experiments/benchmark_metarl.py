@@ -17,10 +17,10 @@ import time
 
 import numpy as np
 import torch
-
-from rl_maml.config import from_dict
 from rl_maml.envs import make_batched
 from rl_maml.experiments.metarl import MetaRLConfig, build_agent
+
+from rl_maml.config import from_dict
 
 
 def raw_rate(num_envs: int, steps: int = 100) -> float:

@@ -64,8 +64,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides) if args.config else \
             apply_overrides(old, args.overrides)
         module, cfg = build_config(raw)
-        changed = sorted(k for k, v in _flatten(to_dict(cfg)).items() if _flatten(old).get(k, v) != v
-                         or k not in _flatten(old))
+        new_flat, old_flat = _flatten(to_dict(cfg)), _flatten(old)
+        changed = sorted(k for k in new_flat.keys() | old_flat.keys() if new_flat.get(k) != old_flat.get(k))
         bad = [k for k in changed if k not in RESUMABLE_CHANGES]
         if bad:
             raise ConfigError(

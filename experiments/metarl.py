@@ -15,20 +15,20 @@ from typing import Literal
 
 import numpy as np
 import torch
-
 from rl_maml.agents.maml_trpo import MAMLTRPOAgent
 from rl_maml.agents.rl_baselines import TaskAugmentedBatchedEnv
-from rl_maml.checkpoint import load_checkpoint, save_checkpoint
-from rl_maml.config import ConfigError, InnerConfig
 from rl_maml.envs import make_batched
 from rl_maml.envs.registration import FAMILIES
-from rl_maml.functional import params_of
+
+from rl_maml.checkpoint import load_checkpoint, save_checkpoint
+from rl_maml.config import ConfigError, InnerConfig
+from rl_maml.functional import TaskBatchedModel, params_of
 from rl_maml.inner import make_inner_loop
 from rl_maml.rl.baseline import LinearFeatureBaseline
 from rl_maml.rl.episodes import episode_seeds, sample_episodes
 from rl_maml.rl.evaluation import adaptation_returns
 from rl_maml.rl.maml_trpo import TRPOSettings
-from rl_maml.rl.policy import GaussianMLPPolicy, TaskBatchedPolicy
+from rl_maml.rl.policy import GaussianMLPPolicy
 from rl_maml.seeding import numpy_generator, seed_everything, torch_generator
 from rl_maml.stats import mean_ci95
 from rl_maml.training import Trainer, load_learners
@@ -219,7 +219,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         oracle_env = TaskAugmentedBatchedEnv(env)
         oracle = reference_policy(cfg, run_dir, "oracle", device)
         seeds = episode_seeds(e.seed, "eval", 0, num_tasks=e.num_tasks, episodes_per_task=e.fast_batch_size)
-        eps = sample_episodes(oracle_env, TaskBatchedPolicy(oracle), params_of(oracle), tasks, e.fast_batch_size,
+        eps = sample_episodes(oracle_env, TaskBatchedModel(oracle), params_of(oracle), tasks, e.fast_batch_size,
                               seeds, torch_generator(e.seed, "eval-actions", 0, device=device))
         per_task = eps.returns().mean(1).double().cpu()
         mean, ci = mean_ci95(per_task)

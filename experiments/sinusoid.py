@@ -14,8 +14,8 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-
 from rl_maml.agents import MAMLLearner, OracleLearner, PretrainedLearner, SupervisedLearner
+
 from rl_maml.config import ConfigError, InnerConfig, TrainConfig
 from rl_maml.inner import make_inner_loop
 from rl_maml.nn import MLP

@@ -52,13 +52,14 @@ class TaskBatchedModel:
     Args:
         module: any module. Its parameters give the names and shapes; its buffers are shared by
             all tasks. Batch norm must compute statistics from basic tensor ops (see
-            :class:`rl_maml.nn.BatchNorm2d`), since ``vmap`` over ``nn.BatchNorm2d`` gives wrong
-            second-order gradients.
+            :class:`rl_maml.nn.TaskBatchNorm2d`), since ``vmap`` over ``nn.BatchNorm2d`` gives
+            wrong second-order gradients. Outputs may be tensors or tuples of tensors (a policy's
+            mean and log standard deviation).
         criterion: ``criterion(prediction, target) -> scalar`` for one task's batch, e.g.
-            ``torch.nn.functional.mse_loss``.
+            ``torch.nn.functional.mse_loss``; only needed for the loss methods.
     """
 
-    def __init__(self, module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor]):
+    def __init__(self, module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor] | None = None):
         self.module = module
         self.criterion = criterion
 
@@ -79,6 +80,8 @@ class TaskBatchedModel:
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Batched predictions: ``params`` ``[M, ...]``, ``x`` ``[M, K, ...]`` -> ``[M, K, ...]``."""
         return self._forward(params, self.buffers(), x)
+
+    __call__ = forward
 
     def task_losses(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
         """One loss per task: ``data = (x [M, K, ...], y [M, K, ...])`` -> ``[M]``."""

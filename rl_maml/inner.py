@@ -31,9 +31,9 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from rl_maml.aliases import Params
 from rl_maml.config import InnerConfig
 from rl_maml.functional import expand_params
-from rl_maml.aliases import Params
 
 __all__ = [
     "StepSize",

@@ -14,9 +14,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from rl_maml.aliases import Params
 from rl_maml.functional import TaskBatchedModel, stack_params
 from rl_maml.inner import InnerLoop
-from rl_maml.aliases import Params
 
 
 class MetaLoss(NamedTuple):

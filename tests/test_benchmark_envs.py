@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from rl_maml.experiments.benchmark_envs import batched_rate, loop_rate, vector_rate
 
 

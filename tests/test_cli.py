@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from rl_maml.experiments.cli import main
 
 TINY = ["train.num_iterations=20", "train.checkpoint_every=10", "train.log_every=5", "train.meta_batch_size=4",

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from rl_maml.experiments.sinusoid import SinusoidConfig
 
 from rl_maml.config import ConfigError, InnerConfig, apply_overrides, from_dict, load_yaml, to_dict
-from rl_maml.experiments.sinusoid import SinusoidConfig
 
 
 def test_defaults_and_round_trip():

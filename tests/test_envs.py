@@ -8,10 +8,9 @@ import gymnasium
 import numpy as np
 import pytest
 import torch
+from rl_maml.envs import ENV_IDS, make_batched
 
 import rl_maml  # noqa: F401  (registers the envs)
-from rl_maml.envs import ENV_IDS, make_batched
-from rl_maml.envs.registration import single_env_class
 
 MUJOCO = ["HalfCheetahVel", "HalfCheetahDir", "AntVel", "AntDir", "AntGoal"]
 ALL = ["Navigation2D", *MUJOCO]

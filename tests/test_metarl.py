@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from rl_maml.experiments.cli import main, presets
 
 from rl_maml.checkpoint import load_checkpoint
-from rl_maml.experiments.cli import main, presets
 
 RL_PRESETS = sorted(name for name, path in presets().items() if "benchmark: metarl" in path.read_text())
 TINY = ["train.meta_batch_size=2", "train.fast_batch_size=2", "env.horizon=8", "policy.hidden_sizes=[8]",

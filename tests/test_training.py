@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from rl_maml.experiments.sinusoid import SinusoidConfig, build_learners, make_tasks
 
 from rl_maml.config import from_dict
-from rl_maml.experiments.sinusoid import SinusoidConfig, build_learners, make_tasks
 from rl_maml.seeding import torch_generator
 from rl_maml.tasks.base import TaskBatch
 from rl_maml.training import Trainer, load_learners

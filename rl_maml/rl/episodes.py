@@ -9,8 +9,7 @@ import torch
 from torch import Tensor
 
 from rl_maml.aliases import Params
-from rl_maml.functional import expand_params
-from rl_maml.rl.policy import TaskBatchedPolicy
+from rl_maml.functional import TaskBatchedModel, expand_params
 from rl_maml.seeding import derive_seed
 
 
@@ -71,13 +70,13 @@ def episode_seeds(seed: int, *keys: int | str, num_tasks: int, episodes_per_task
 
 
 @torch.no_grad()
-def sample_episodes(env, policy: TaskBatchedPolicy, params: Params, tasks: Mapping[str, Tensor], episodes_per_task: int,
+def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mapping[str, Tensor], episodes_per_task: int,
                     reset_seeds: list[int], generator: torch.Generator, deterministic: bool = False) -> Episodes:
     """Roll out B episodes per task with each task's own policy parameters, all N = M x B at once.
 
     Args:
         env: a batched env with ``num_envs = M * B`` (env ``m * B + b`` runs episode b of task m).
-        policy: the task-batched policy.
+        policy: the policy applied per task (a :class:`~rl_maml.functional.TaskBatchedModel`).
         params: policy parameters, batched ``[M, ...]`` or shared (unbatched; expanded here).
         tasks: task fields with leading axis M.
         episodes_per_task: B.

@@ -17,10 +17,10 @@ import torch
 from torch import Tensor
 
 from rl_maml.aliases import Params
-from rl_maml.functional import expand_params, params_of
+from rl_maml.functional import TaskBatchedModel, expand_params, params_of
 from rl_maml.inner import InnerLoop
 from rl_maml.rl.episodes import Episodes
-from rl_maml.rl.policy import GaussianMLPPolicy, TaskBatchedPolicy, kl_divergence, log_prob
+from rl_maml.rl.policy import GaussianMLPPolicy, kl_divergence, log_prob
 from rl_maml.rl.trpo import conjugate_gradient, flat, line_search
 
 
@@ -65,7 +65,7 @@ class MAMLTRPO:
 
     def __init__(self, policy: GaussianMLPPolicy, inner: InnerLoop, trpo: TRPOSettings):
         self.policy = policy
-        self.batched = TaskBatchedPolicy(policy)
+        self.batched = TaskBatchedModel(policy)
         self.inner = inner
         self.trpo = trpo
 

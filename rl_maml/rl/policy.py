@@ -1,4 +1,7 @@
-"""A Gaussian MLP policy applied with per-task parameters, all tasks in one call."""
+"""A Gaussian MLP policy and the log-density and KL of its action distribution.
+
+Per-task parameters are applied to all tasks at once with
+:class:`rl_maml.functional.TaskBatchedModel` (``(mean, log_std)``, each ``[M, K, act_dim]``)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, vmap
 
-from rl_maml.aliases import Params
 from rl_maml.nn import MLP
 
 _LOG_2PI = math.log(2 * math.pi)
@@ -62,19 +63,3 @@ def kl_divergence(mean0: Tensor, log_std0: Tensor, mean1: Tensor, log_std1: Tens
     """``KL(N0 || N1)`` of diagonal Gaussians, summed over the action axis."""
     var0, var1 = torch.exp(2 * log_std0), torch.exp(2 * log_std1)
     return (log_std1 - log_std0 + (var0 + (mean0 - mean1) ** 2) / (2 * var1) - 0.5).sum(-1)
-
-
-class TaskBatchedPolicy:
-    """Applies a policy module with task-batched parameters: ``params [M, ...]``, ``obs [M, K, obs_dim]``."""
-
-    def __init__(self, module: GaussianMLPPolicy):
-        self.module = module
-
-        def one(params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:
-            return functional_call(module, params, (obs,))
-
-        self._apply = vmap(one, in_dims=(0, 0))
-
-    def __call__(self, params: Params, obs: Tensor) -> tuple[Tensor, Tensor]:
-        """``(mean, log_std)``, each ``[M, K, act_dim]``."""
-        return self._apply(params, obs)
