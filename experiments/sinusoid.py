@@ -49,8 +49,8 @@ class SinusoidTaskConfig:
     def __post_init__(self) -> None:
         if self.num_support < 1 or self.num_query < 1:
             raise ConfigError("task.num_support and task.num_query must be >= 1")
-        if not (self.amplitude_range[0] > 0 or self.amplitude_range == (0.0, 0.0)):
-            raise ConfigError(f"task.amplitude_range must be positive, got {self.amplitude_range}")
+        if self.amplitude_range[0] < 0:
+            raise ConfigError(f"task.amplitude_range must not be negative, got {self.amplitude_range}")
 
 
 @dataclass
