@@ -78,6 +78,7 @@ class SupervisedLearner:
         Raises:
             FloatingPointError: the loss is NaN or infinite (the parameters are left unchanged).
         """
+        self.module.train()
         loss, metrics = self.loss(batch)
         if not torch.isfinite(loss):
             raise FloatingPointError(
@@ -90,7 +91,11 @@ class SupervisedLearner:
         return metrics
 
     def trajectory(self, batch: TaskBatch, num_steps: int) -> Iterator[Params]:
-        """Detached per-task parameters ``[M, ...]`` before and after each of ``num_steps`` test-time steps."""
+        """Detached per-task parameters ``[M, ...]`` before and after each of ``num_steps`` test-time steps.
+
+        The module is put in eval mode (batch norm with running statistics uses them).
+        """
+        self.module.eval()
         support, _ = self._prepared(batch)
         init = {k: v.detach() for k, v in self.params.items()}
         for p in self.eval_inner.trajectory(
@@ -98,13 +103,19 @@ class SupervisedLearner:
         ):
             yield {k: v.detach() for k, v in p.items()}
 
-    def evaluate(self, batch: TaskBatch, num_steps: int) -> Tensor:
-        """Query losses after 0..num_steps test-time steps: ``[num_steps + 1, M]``."""
+    def evaluate(self, batch: TaskBatch, num_steps: int,
+                 score: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+        """Per-task query scores after 0..num_steps test-time steps: ``[num_steps + 1, M]``.
+
+        The score is the training criterion (the query loss) unless ``score(predictions [M, Q, ...],
+        targets [M, Q, ...]) -> [M]`` is given, e.g. :func:`rl_maml.tasks.fewshot.accuracy`.
+        """
         _, query = self._prepared(batch)
         out = []
         for p in self.trajectory(batch, num_steps):
             with torch.no_grad():
-                out.append(self.model.task_losses(p, query))
+                out.append(self.model.task_losses(p, query) if score is None else
+                           score(self.model.forward(p, query[0]), query[1]))
         return torch.stack(out)
 
     def predict(self, params: Params, x: Tensor, tasks: dict[str, Tensor]) -> Tensor:

@@ -14,6 +14,7 @@ from rl_maml.config import ConfigError
 BENCHMARKS = {
     "sinusoid": "rl_maml.experiments.sinusoid",
     "metarl": "rl_maml.experiments.metarl",
+    "fewshot": "rl_maml.experiments.fewshot",
 }
 
 

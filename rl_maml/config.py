@@ -96,8 +96,13 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     raise TypeError(f"{key}: unsupported annotation {tp!r} in a config dataclass")
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "", base: T | None = None) -> T:
     """Build dataclass ``cls`` from ``data``, validating every key and type.
+
+    Keys absent from ``data`` take their values from ``base`` when given, else the class defaults.
+    A nested section is laid over its field's default (so a config class may default a section to,
+    say, ``InnerConfig(inner_lr=0.4)``, and a YAML file that sets only ``inner.num_inner_steps``
+    keeps 0.4).
 
     Raises:
         ConfigError: an unknown key (with the closest valid one suggested), a value of the wrong
@@ -113,11 +118,19 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "") -> T
     for k in data:
         if k not in fields:
             close = difflib.get_close_matches(str(k), list(fields), n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"unknown config key {prefix}{k!r}{hint}; valid keys here: {', '.join(sorted(fields))}"
+                f"unknown config key '{prefix}{k}'{hint}; valid keys here: {', '.join(sorted(fields))}"
             )
-    kwargs = {k: _convert(hints[k], v, f"{prefix}{k}") for k, v in data.items()}
+    kwargs = {}
+    for k, v in data.items():
+        f = fields[k]
+        if dataclasses.is_dataclass(hints[k]) and f.default_factory is not dataclasses.MISSING:
+            kwargs[k] = from_dict(hints[k], v, f"{prefix}{k}", base=f.default_factory())
+        else:
+            kwargs[k] = _convert(hints[k], v, f"{prefix}{k}")
+    if base is not None:
+        kwargs.update({k: getattr(base, k) for k in fields if k not in kwargs})
     try:
         return cls(**kwargs)
     except ConfigError:

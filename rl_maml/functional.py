@@ -49,6 +49,10 @@ def stack_params(per_task: list[Params]) -> Params:
 class TaskBatchedModel:
     """Applies one ``nn.Module`` with a different parameter set per task, for all tasks at once.
 
+    A module may batch over tasks itself by defining ``forward_tasks(params, buffers, x)`` with
+    ``params`` ``[M, ...]`` and ``x`` ``[M, K, ...]`` (see :meth:`rl_maml.nn.Conv4.forward_tasks`);
+    otherwise its ordinary forward is vmapped over the task axis.
+
     Args:
         module: any module. Its parameters give the names and shapes; its buffers are shared by
             all tasks. Batch norm must compute statistics from basic tensor ops (see
@@ -71,8 +75,20 @@ class TaskBatchedModel:
 
         self._forward_one = forward_one
         self._loss_one = loss_one
-        self._forward = vmap(forward_one, in_dims=(0, None, 0))
-        self._loss = vmap(loss_one, in_dims=(0, None, 0, 0))
+        forward_tasks = getattr(module, "forward_tasks", None)
+        if forward_tasks is not None:
+            # The module batches over tasks itself (e.g. Conv4's grouped convolutions); only the
+            # criterion is vmapped.
+            self._forward = forward_tasks
+            per_task_criterion = vmap(criterion) if criterion is not None else None
+
+            def batched_loss(params: Params, buffers: Buffers, x: Tensor, y: Tensor) -> Tensor:
+                return per_task_criterion(forward_tasks(params, buffers, x), y)
+
+            self._loss = batched_loss
+        else:
+            self._forward = vmap(forward_one, in_dims=(0, None, 0))
+            self._loss = vmap(loss_one, in_dims=(0, None, 0, 0))
 
     def buffers(self) -> dict[str, Tensor]:
         return buffers_of(self.module)

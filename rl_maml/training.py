@@ -10,6 +10,7 @@ the run, and atomic checkpoints are written.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from rl_maml.checkpoint import (
     CheckpointError,
+    atomic_write_bytes,
     checkpoint_path,
     latest_checkpoint,
     load_checkpoint,
@@ -54,6 +56,14 @@ def load_learners(path: Path, learners: Mapping[str, Learner], device: str = "cp
     return int(state["iteration"])
 
 
+def _curve_iteration(line: str) -> float:
+    """The iteration of a validation.jsonl line (infinity for a torn or foreign line, so it is dropped)."""
+    try:
+        return int(json.loads(line)["iteration"])
+    except (ValueError, KeyError, TypeError):
+        return float("inf")
+
+
 class Trainer:
     """Runs meta-training for one or more learners on a shared stream of meta-batches.
 
@@ -67,6 +77,11 @@ class Trainer:
         checkpoint_every, keep_checkpoints, log_every: see :class:`rl_maml.config.TrainConfig`.
         progress: show a progress bar.
         progress_keys: metrics whose name contains one of these are shown beside the bar.
+        validate: ``validate(iteration) -> metrics``, run every ``validate_every`` iterations (and at
+            the last one); its metrics go to TensorBoard and, one JSON line per call, to
+            ``run_dir/validation.jsonl`` (the learning curve). Lines written after the checkpoint
+            a run resumes from are dropped, so a resumed run's curve has no duplicates.
+        validate_every: see ``validate`` (0: never).
     """
 
     def __init__(
@@ -80,6 +95,8 @@ class Trainer:
         log_every: int = 100,
         progress: bool = True,
         progress_keys: tuple[str, ...] = ("losses/",),
+        validate: Callable[[int], dict[str, float]] | None = None,
+        validate_every: int = 0,
     ):
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -91,11 +108,25 @@ class Trainer:
         self.log_every = log_every
         self.progress = progress
         self.progress_keys = progress_keys
+        self.validate = validate
+        self.validate_every = validate_every
+        self.curve_path = self.run_dir / "validation.jsonl"
 
     def resume(self, device: str = "cpu") -> int:
         """Load the newest checkpoint; returns its iteration (0 when there is none)."""
         path = latest_checkpoint(self.ckpt_dir)
-        return 0 if path is None else load_learners(path, self.learners, device)
+        start = 0 if path is None else load_learners(path, self.learners, device)
+        if self.curve_path.is_file():
+            kept = [line for line in self.curve_path.read_text().splitlines() if _curve_iteration(line) <= start]
+            atomic_write_bytes(self.curve_path, "".join(f"{line}\n" for line in kept).encode())
+        return start
+
+    def _validate(self, iteration: int, logger: RunLogger) -> dict[str, float]:
+        metrics = self.validate(iteration)
+        logger.log(iteration, metrics)
+        with open(self.curve_path, "a") as f:
+            f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
+        return metrics
 
     def save(self, iteration: int) -> Path:
         path = checkpoint_path(self.ckpt_dir, iteration)
@@ -132,6 +163,10 @@ class Trainer:
                     bar.set_postfix(shown, refresh=False)
                     window.clear()
                     count = 0
+                if self.validate is not None and self.validate_every and (
+                        iteration % self.validate_every == 0 or iteration == self.num_iterations):
+                    shown = {k.rsplit("/", 1)[-1]: f"{v:.3g}" for k, v in self._validate(iteration, logger).items()}
+                    bar.write(f"iteration {iteration}: validation {shown}")
                 if iteration % self.checkpoint_every == 0 or iteration == self.num_iterations:
                     self.save(iteration)
                     logger.flush()

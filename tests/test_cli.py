@@ -60,7 +60,7 @@ def test_train_and_eval_through_the_console_script(tmp_path):
 def test_cli_errors_name_the_problem(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "sinusoid", "--run-dir", str(run), "train.meta_batch_sise=4"]) == 2
-    assert "unknown config key train.'meta_batch_sise'" in capsys.readouterr().err
+    assert "unknown config key 'train.meta_batch_sise'" in capsys.readouterr().err
     assert not (run / "config.yaml").exists()
 
     assert main(["train", "sinusoid", "--run-dir", str(run), "--no-progress", *TINY]) == 0
