@@ -5,6 +5,7 @@ Installed as ``rl_maml.agents``. Variants are sibling classes with the same verb
 use lives in :mod:`rl_maml`.
 """
 
+from rl_maml.agents.alpha_maml import AlphaMAMLLearner
 from rl_maml.agents.supervised import MAMLLearner, OracleLearner, PretrainedLearner, SupervisedLearner
 
-__all__ = ["SupervisedLearner", "MAMLLearner", "PretrainedLearner", "OracleLearner"]
+__all__ = ["SupervisedLearner", "MAMLLearner", "AlphaMAMLLearner", "PretrainedLearner", "OracleLearner"]

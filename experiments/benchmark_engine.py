@@ -6,9 +6,14 @@ Cases (both first and second order):
 
 - ``sinusoid``: MLP 1-40-40-1, meta-batch 25, K = 10 support and 10 query points, one inner step;
 - ``conv4``: the Omniglot conv-4 (64 filters, stride-2 convolutions, batch norm on batch
-  statistics) on 28x28 inputs, meta-batch 32, 5-way 1-shot support, ``--query-per-class``
+  statistics) on 28x28 random inputs, meta-batch 32, 5-way 1-shot support, ``--query-per-class``
   queries per class (1 by default, as in the MAML reference code, which scores K images per
-  class; 15 is the other common choice), one inner step.
+  class; 15 is the other common choice), one inner step;
+- ``omniglot``: the same network and task shape on a real Omniglot meta-batch (training
+  characters, rotations), read from ``--data-root`` (default ``../shared/data/omniglot``).
+
+The batched engine applies conv-4 through :meth:`rl_maml.nn.Conv4.forward_tasks` (the task axis
+folded into channels, one grouped convolution per layer); the loop applies it task by task.
 
 Two timings per case: the inner update alone (adapt all tasks), and a whole meta-iteration (inner
 update, query loss, backward, Adam step). Each is the median of ``--repeats`` runs after warm-up;
@@ -19,9 +24,11 @@ timed as well when it imports.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +50,7 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
     return 1e3 * statistics.median(times)
 
 
-def make_case(name: str, query_per_class: int = 1):
+def make_case(name: str, query_per_class: int = 1, data_root: str | None = None):
     g = torch.Generator().manual_seed(0)
     if name == "sinusoid":
         net, criterion, m = MLP(1, 1, (40, 40)), F.mse_loss, 25
@@ -56,7 +63,18 @@ def make_case(name: str, query_per_class: int = 1):
         q = query_per_class
         query = (torch.randn(m, ways * q, 1, 28, 28, generator=g), torch.arange(ways).repeat_interleave(q).expand(m, ways * q))
         return net, criterion, support, query, 0.4
+    if name == "omniglot":
+        from rl_maml.tasks.fewshot import FewShotTasks
+        from rl_maml.tasks.omniglot import load_omniglot, omniglot_splits
+
+        data = load_omniglot(data_root or (None if os.environ.get("RL_MAML_DATA") else DEFAULT_OMNIGLOT))
+        train = data.images[torch.from_numpy(omniglot_splits(data.names).train)]
+        batch = FewShotTasks(train, 5, 1, query_per_class, rotate=True, invert=True).sample(32, g)
+        return Conv4(1, 5, hidden=64), F.cross_entropy, batch.support, batch.query, 0.4
     raise ValueError(f"unknown case {name!r}")
+
+
+DEFAULT_OMNIGLOT = str(Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot")
 
 
 def learn2learn_iteration(net, criterion, support, query, lr, first_order):
@@ -81,10 +99,10 @@ def learn2learn_iteration(net, criterion, support, query, lr, first_order):
     return step
 
 
-def run(cases: list[str], repeats: int, query_per_class: int = 1) -> list[dict]:
+def run(cases: list[str], repeats: int, query_per_class: int = 1, data_root: str | None = None) -> list[dict]:
     rows = []
     for case in cases:
-        net, criterion, support, query, lr = make_case(case, query_per_class)
+        net, criterion, support, query, lr = make_case(case, query_per_class, data_root)
         model = TaskBatchedModel(net, criterion)
         params = params_of(net)
         opt = torch.optim.Adam(net.parameters(), 1e-3)
@@ -121,12 +139,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--repeats", type=int, default=30, help="timed repeats per measurement (conv4 uses 1/6)")
-    ap.add_argument("--cases", nargs="+", default=["sinusoid", "conv4"], choices=["sinusoid", "conv4"])
+    ap.add_argument("--cases", nargs="+", default=["sinusoid", "conv4"], choices=["sinusoid", "conv4", "omniglot"])
+    ap.add_argument("--data-root", default=None, help="Omniglot folder for the omniglot case (default: "
+                    "../shared/data/omniglot beside the repository)")
     ap.add_argument("--query-per-class", type=int, default=1, help="conv4 query images per class")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    rows = run(args.cases, args.repeats, args.query_per_class)
+    rows = run(args.cases, args.repeats, args.query_per_class, args.data_root)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU; median milliseconds; "
           f"conv4 query: {args.query_per_class} per class")
     print("| case | order | inner update: batched | loop | loop/batched | meta-iteration: batched | loop "

@@ -3,6 +3,7 @@
     rl-maml train CONFIG --run-dir DIR [--resume] [key=value ...]
     rl-maml eval DIR [--checkpoint PATH] [eval.key=value ...]
     rl-maml presets
+    rl-maml download omniglot --root DIR
 
 CONFIG is a YAML file or the name of a preset shipped in ``experiments/configs`` (``rl-maml
 presets`` lists them). ``key=value`` overrides use dotted keys (``train.num_iterations=500``).
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from rl_maml.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from rl_maml.config import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from rl_maml.tasks.fewshot import DatasetError
 
 from .registry import benchmark_module
 
@@ -107,6 +109,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from rl_maml.tasks.omniglot import download_omniglot
+
+    for path in download_omniglot(args.root, **({"url_prefix": args.url_prefix} if args.url_prefix else {})):
+        print(f"ok (MD5 checked): {path}")
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, path in presets().items():
         print(f"{name:24s} {path}")
@@ -130,6 +140,11 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
     s = sub.add_parser("presets", help="list the shipped config presets")
     s.set_defaults(func=cmd_presets)
+    d = sub.add_parser("download", help="download a data set's official files (checksums verified)")
+    d.add_argument("dataset", choices=["omniglot"], help="MiniImageNet has no official download (see the README)")
+    d.add_argument("--root", required=True, help="folder to put the files in (then data.root=DIR)")
+    d.add_argument("--url-prefix", default=None, help="a mirror of the official files (default: the official site)")
+    d.set_defaults(func=cmd_download)
     return p
 
 
@@ -150,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, FloatingPointError) as e:
+    except (ConfigError, CheckpointError, FloatingPointError, DatasetError) as e:
         print(f"rl-maml: error: {e}", file=sys.stderr)
         return 2
 

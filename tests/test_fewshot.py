@@ -187,6 +187,15 @@ def test_download_checks_md5_and_leaves_nothing_behind(tmp_path):
     assert list(dest.iterdir()) == []
 
 
+
+def test_download_command_with_a_mirror(tmp_path, capsys):
+    src = tmp_path / "mirror"
+    src.mkdir()
+    (src / "images_background.zip").write_bytes(b"truncated")
+    assert main(["download", "omniglot", "--root", str(tmp_path / "d"), "--url-prefix", src.as_uri()]) == 2
+    assert "the download is corrupt, retry" in capsys.readouterr().err
+
+
 def test_split_is_seeded_and_independent_of_listing_order():
     names = tuple(f"images_background/A{i // 20}/character{i % 20:02d}" for i in range(1623))
     a = omniglot_splits(names)
