@@ -93,6 +93,26 @@ class TaskBatchedModel:
     def buffers(self) -> dict[str, Tensor]:
         return buffers_of(self.module)
 
+    def forward_range(self, params: Params, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """Batched layers ``start..stop-1`` only, for modules whose forward takes ``start``/``stop``
+        (:class:`rl_maml.nn.MLP`, :class:`rl_maml.nn.Conv4`): computes a frozen prefix once, or
+        continues from one. The intermediate layout is the module's own."""
+        forward_tasks = getattr(self.module, "forward_tasks", None)
+        if forward_tasks is not None:
+            return forward_tasks(params, self.buffers(), x, start=start, stop=stop)
+
+        def one(p: Params, b: Buffers, xi: Tensor) -> Tensor:
+            return functional_call(self.module, (p, b), (xi,), {"start": start, "stop": stop})
+
+        return vmap(one, in_dims=(0, None, 0))(params, self.buffers(), x)
+
+    def task_losses_from(self, params: Params, data: tuple[Tensor, Tensor], start: int) -> Tensor:
+        """Per-task losses ``[M]`` of the layers from ``start`` on, given the prefix's output ``data[0]``."""
+        features, y = data
+        if start == 0:
+            return self.task_losses(params, data)
+        return vmap(self.criterion)(self.forward_range(params, features, start), y)
+
     def forward(self, params: Params, x: Tensor) -> Tensor:
         """Batched predictions: ``params`` ``[M, ...]``, ``x`` ``[M, K, ...]`` -> ``[M, K, ...]``."""
         return self._forward(params, self.buffers(), x)

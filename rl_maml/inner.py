@@ -273,9 +273,13 @@ class InnerLoop:
         if not torch.is_grad_enabled():
             raise RuntimeError("the inner update needs autograd: do not call it under torch.no_grad()")
         num_steps = self.num_steps if num_steps is None else num_steps
-        # Tensors that do not require grad (e.g. detached evaluation copies) become fresh leaves,
-        # so they can be differentiated without linking to anything.
-        current = {k: v if v.requires_grad else v.detach().requires_grad_(True) for k, v in params.items()}
+        # Tensors that do not require grad (e.g. detached evaluation copies) and that some step
+        # adapts become fresh leaves, so they can be differentiated without linking to anything;
+        # tensors no step adapts stay as they are (no graph is built through them).
+        adaptable = set(params) if self.mask is None else \
+            {n for s in range(num_steps) for n in self.adapted_names(s, params)}
+        current = {k: v if v.requires_grad or k not in adaptable else v.detach().requires_grad_(True)
+                   for k, v in params.items()}
         if num_tasks is not None:
             current = expand_params(current, num_tasks)
         yield current

@@ -32,7 +32,9 @@ def _activation(name: str) -> nn.Module:
 class MLP(nn.Module):
     """A fully connected network ``in -> hidden... -> out`` (the sinusoid net is 1-40-40-1 ReLU).
 
-    Parameter names are ``layers.<i>.weight`` / ``layers.<i>.bias``.
+    Parameter names are ``layers.<i>.weight`` / ``layers.<i>.bias``. ``forward(x, start, stop)``
+    runs only the layers ``start..stop-1`` (a layer is a linear map and its activation), so a
+    frozen prefix can be computed once (:mod:`rl_maml.patterns`).
     """
 
     def __init__(self, in_features: int, out_features: int, hidden_sizes: Sequence[int] = (40, 40),
@@ -45,8 +47,17 @@ class MLP(nn.Module):
         layers.append(nn.Linear(sizes[-1], out_features))
         self.layers = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
+    def layer_groups(self) -> list[list[str]]:
+        """Parameter names of each layer, input to output."""
+        return [[f"layers.{2 * i}.weight", f"layers.{2 * i}.bias"] for i in range(len(self.layers) // 2 + 1)]
+
+    def forward(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        n = len(self.layers) // 2 + 1
+        for i in range(start, n if stop is None else stop):
+            x = self.layers[2 * i](x)
+            if 2 * i + 1 < len(self.layers):
+                x = self.layers[2 * i + 1](x)
+        return x
 
 
 class TaskBatchNorm2d(nn.Module):
@@ -134,22 +145,44 @@ class Conv4(nn.Module):
         # Parameter names of each block's convolution and batch norm, for forward_tasks.
         self._blocks = [(f"features.{per_block * i}", f"features.{per_block * i + 1}") for i in range(4)]
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.features(x)  # [N, hidden, h, w]
-        h = h.mean(dim=(2, 3)) if self.downsample == "stride" else h.flatten(1)
-        return self.head(h)
+    def layer_groups(self) -> list[list[str]]:
+        """Parameter names of each layer (four conv blocks with their batch norm, then the head)."""
+        return [[f"{c}.weight", f"{c}.bias", f"{b}.weight", f"{b}.bias"] for c, b in self._blocks] + \
+            [["head.weight", "head.bias"]]
 
-    def forward_tasks(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, start: int = 0, stop: int | None = None) -> Tensor:
+        """Layers ``start..stop-1`` of the five (four blocks, then the head) on ``x``."""
+        stop = 5 if stop is None else stop
+        per_block = len(self.features) // 4
+        for i in range(start, min(stop, 4)):
+            for layer in self.features[per_block * i: per_block * (i + 1)]:
+                x = layer(x)
+        if stop == 5:  # the head
+            h = x.mean(dim=(2, 3)) if self.downsample == "stride" else x.flatten(1)
+            x = self.head(h)
+        return x
+
+    def forward_tasks(self, params: dict[str, Tensor], buffers: dict[str, Tensor], x: Tensor, start: int = 0,
+                      stop: int | None = None) -> Tensor:
         """Apply per-task parameters ``[M, ...]`` to per-task images ``x`` ``[M, B, C, H, W]``.
 
         Equal to applying the network to each task separately (tested against a per-task loop in
         float64, second-order gradients included), but in one pass: the activations are held as
         ``[B, M * channels, H, W]`` and each convolution is one grouped convolution with ``M``
         groups. Returns logits ``[M, B, num_classes]``.
+
+        ``start``/``stop`` run only layers ``start..stop-1`` (as :meth:`forward`): with ``stop < 5``
+        the result is the activation in the folded layout, which a later call with ``start = stop``
+        takes as its ``x``.
         """
-        m, b = x.shape[:2]
-        h = x.transpose(0, 1).reshape(b, m * x.shape[2], *x.shape[3:])
-        for conv, bn in self._blocks:
+        stop = 5 if stop is None else stop
+        m = params["head.weight"].shape[0]
+        if start == 0:
+            b = x.shape[1]
+            h = x.transpose(0, 1).reshape(b, m * x.shape[2], *x.shape[3:])
+        else:
+            h, b = x, x.shape[0]
+        for conv, bn in self._blocks[start:min(stop, 4)]:
             w = params[f"{conv}.weight"]
             h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), params[f"{conv}.bias"].reshape(-1),
                          stride=self.stride, padding=1, groups=m)
@@ -159,6 +192,8 @@ class Conv4(nn.Module):
             h = torch.relu(torch.addcmul(params[f"{bn}.bias"].reshape(1, -1, 1, 1) - mean * scale, h, scale))
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
+        if stop < 5:
+            return h
         if self.downsample == "stride":
             feats = h.mean(dim=(2, 3)).view(b, m, -1)
         else:
