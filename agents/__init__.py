@@ -6,6 +6,52 @@ use lives in :mod:`rl_maml`.
 """
 
 from rl_maml.agents.alpha_maml import AlphaMAMLLearner
-from rl_maml.agents.supervised import MAMLLearner, OracleLearner, PretrainedLearner, SupervisedLearner
+from rl_maml.agents.supervised import (
+    LambdaMAMLLearner,
+    MAMLLearner,
+    OracleLearner,
+    PretrainedLearner,
+    SupervisedLearner,
+)
 
-__all__ = ["SupervisedLearner", "MAMLLearner", "AlphaMAMLLearner", "PretrainedLearner", "OracleLearner"]
+__all__ = ["SupervisedLearner", "MAMLLearner", "AlphaMAMLLearner", "LambdaMAMLLearner", "PretrainedLearner",
+           "OracleLearner"]
+
+
+def make_supervised_learner(method: str, module, criterion, inner_config, variant_config, outer_lr: float,
+                            finetune_lr: float = 0.01, task_keys: tuple[str, ...] = ()) -> SupervisedLearner:
+    """Build the learner a config names (``maml``, ``alpha_maml``, ``lambda_maml``, ``pretrained``,
+    ``oracle``): the variants are sibling classes; this table is the only place that chooses."""
+    from rl_maml.config import ConfigError
+    from rl_maml.inner import make_inner_loop
+    from rl_maml.patterns import parse_pattern
+
+    def maml():
+        inner, learned = make_inner_loop(inner_config, dict(module.named_parameters()))
+        device = next(module.parameters()).device
+        return MAMLLearner(module, criterion, inner, outer_lr, learned.to(device) if learned is not None else None)
+
+    def alpha_maml():
+        v = variant_config
+        return AlphaMAMLLearner(module, criterion, inner_config.inner_lr, outer_lr, inner_config.num_inner_steps,
+                                inner_config.first_order, v.alpha_granularity, v.alpha_hyper_lr, v.beta_hyper_lr,
+                                v.outer)
+
+    def lambda_maml():
+        inner, _ = make_inner_loop(inner_config, dict(module.named_parameters()))
+        pattern = parse_pattern(variant_config.pattern, len(module.layer_groups()), max(inner.num_steps, 1))
+        return LambdaMAMLLearner(module, criterion, inner, outer_lr, pattern)
+
+    factories = {
+        "maml": maml,
+        "alpha_maml": alpha_maml,
+        "lambda_maml": lambda_maml,
+        "pretrained": lambda: PretrainedLearner(module, criterion, outer_lr, finetune_lr),
+        "oracle": lambda: OracleLearner(module, criterion, outer_lr, task_keys),
+    }
+    if method not in factories:
+        raise ConfigError(f"unknown method {method!r}; choose one of {sorted(factories)}")
+    try:
+        return factories[method]()
+    except ValueError as e:
+        raise ConfigError(f"{method}: {e}") from None

@@ -22,6 +22,7 @@ from rl_maml.aliases import Params
 from rl_maml.functional import TaskBatchedModel, expand_params, params_of
 from rl_maml.inner import ConstantStepSize, InnerLoop, LearnedStepSize
 from rl_maml.maml import meta_loss
+from rl_maml.patterns import LayerPattern, adapt_with_pattern
 from rl_maml.tasks.base import TaskBatch
 
 
@@ -220,3 +221,28 @@ class OracleLearner(PretrainedLearner):
         init = expand_params({k: v.detach() for k, v in self.params.items()}, batch.num_tasks)
         for _ in range(num_steps + 1):
             yield init
+
+
+class LambdaMAMLLearner(SupervisedLearner):
+    """MAML restricted to a Lambda pattern (arXiv 2206.05930) during meta-training and at test time.
+
+    The frozen prefix runs once per task; only the pattern's tensors adapt (see
+    :mod:`rl_maml.patterns`). With the pattern ``anil`` this is ANIL.
+    """
+
+    name = "lambda_maml"
+
+    def __init__(self, module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor], inner: InnerLoop,
+                 outer_lr: float, pattern: LayerPattern):
+        groups = module.layer_groups()
+        super().__init__(module, criterion, outer_lr,
+                         InnerLoop(inner.step_size, inner.num_steps, inner.first_order, pattern.mask(groups)))
+        self.inner = inner
+        self.pattern = pattern
+
+    def loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        support, query = self._prepared(batch)
+        adapted, q_features, k = adapt_with_pattern(self.model, self.params, self.inner.step_size, self.pattern,
+                                                    support, query[0], first_order=self.inner.first_order)
+        loss = self.model.task_losses_from(adapted, (q_features, query[1]), k).mean()
+        return loss, {"losses/query_post": loss.item()}

@@ -66,7 +66,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides) if args.config else \
             apply_overrides(old, args.overrides)
         module, cfg = build_config(raw)
-        new_flat, old_flat = _flatten(to_dict(cfg)), _flatten(old)
+        # The stored config is resolved too, so fields added to the code since the run started
+        # take their defaults on both sides instead of counting as changes.
+        new_flat, old_flat = _flatten(to_dict(cfg)), _flatten(to_dict(build_config(old)[1]))
         changed = sorted(k for k in new_flat.keys() | old_flat.keys() if new_flat.get(k) != old_flat.get(k))
         bad = [k for k in changed if k not in RESUMABLE_CHANGES]
         if bad:

@@ -19,9 +19,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from rl_maml.agents import MAMLLearner
-from rl_maml.config import ConfigError, InnerConfig, TrainConfig
-from rl_maml.inner import make_inner_loop
+from rl_maml.agents import SupervisedLearner, make_supervised_learner
+from rl_maml.config import ConfigError, InnerConfig, TrainConfig, VariantConfig
 from rl_maml.nn import Conv4
 from rl_maml.seeding import seed_everything, torch_generator
 from rl_maml.stats import mean_ci95
@@ -113,10 +112,13 @@ class FewShotConfig:
     """A label for the run."""
     seed: int = 0
     """Drives initialisation and the training task stream."""
+    method: Literal["maml", "alpha_maml", "lambda_maml"] = "maml"
+    """The meta-learner (first-order MAML: method maml with inner.first_order=true)."""
     data: DataConfig = field(default_factory=DataConfig)
     task: FewShotTaskConfig = field(default_factory=FewShotTaskConfig)
     model: ConvModelConfig = field(default_factory=ConvModelConfig)
     inner: InnerConfig = field(default_factory=lambda: InnerConfig(inner_lr=0.4))
+    variant: VariantConfig = field(default_factory=VariantConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(meta_batch_size=32, num_threads=None))
     eval: FewShotEvalConfig = field(default_factory=FewShotEvalConfig)
 
@@ -163,22 +165,17 @@ def load_dataset(cfg: DataConfig) -> Dataset:
                    rotate=False, invert=False)
 
 
-def build_learner(cfg: FewShotConfig, device: torch.device, dataset: Dataset) -> MAMLLearner:
+def build_learner(cfg: FewShotConfig, device: torch.device, dataset: Dataset) -> SupervisedLearner:
     seed_everything(cfg.seed)
     omniglot = cfg.data.dataset == "omniglot"
     hidden = cfg.model.hidden or (64 if omniglot else 32)
     net = Conv4(dataset.channels, cfg.task.ways, hidden=hidden, image_size=dataset.image_size,
                 downsample="stride" if omniglot else "maxpool", running_stats=cfg.model.batch_norm == "running")
-    net = net.to(device)
-    try:
-        inner, learned = make_inner_loop(cfg.inner, dict(net.named_parameters()))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    return MAMLLearner(net, F.cross_entropy, inner, cfg.train.outer_lr,
-                       learned.to(device) if learned is not None else None)
+    return make_supervised_learner(cfg.method, net.to(device), F.cross_entropy, cfg.inner, cfg.variant,
+                                   cfg.train.outer_lr)
 
 
-def evaluate_tasks(learner: MAMLLearner, sampler: FewShotTasks, num_tasks: int, num_steps: int, seed: int,
+def evaluate_tasks(learner: SupervisedLearner, sampler: FewShotTasks, num_tasks: int, num_steps: int, seed: int,
                    key: str, chunk_size: int, device: torch.device) -> torch.Tensor:
     """Accuracy ``[num_steps + 1, num_tasks]`` on tasks drawn from ``sampler`` with a fixed seed."""
     g = torch_generator(seed, key)
@@ -210,7 +207,7 @@ def train(cfg: FewShotConfig, run_dir: Path, resume: bool, progress: bool = True
                              cfg.eval.chunk_size, device).mean(dim=1)
         return {f"val/accuracy_after_{k}_steps": acc[k].item() for k in range(val_steps + 1)}
 
-    trainer = Trainer(run_dir, {"maml": learner}, sample_batch, cfg.train.num_iterations, cfg.train.checkpoint_every,
+    trainer = Trainer(run_dir, {cfg.method: learner}, sample_batch, cfg.train.num_iterations, cfg.train.checkpoint_every,
                       cfg.train.keep_checkpoints, cfg.train.log_every, progress, validate=validate,
                       validate_every=cfg.eval.val_every)
     start = trainer.resume(str(device)) if resume else 0
@@ -231,14 +228,14 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, checkpoint: Path) -> dict:
     device = resolve_device(cfg.train.device)
     dataset = _load(cfg)
     learner = build_learner(cfg, device, dataset)
-    iteration = load_learners(checkpoint, {"maml": learner}, str(device))
+    iteration = load_learners(checkpoint, {cfg.method: learner}, str(device))
     e, t = cfg.eval, cfg.task
     test_tasks = dataset.tasks("test", t.ways, t.shots, e.num_query)
     acc = 100.0 * evaluate_tasks(learner, test_tasks, e.num_tasks, e.max_steps, e.seed, "fewshot-test",
                                  e.chunk_size, device).double()
     mean, ci = mean_ci95(acc, dim=1)
     steps = list(range(e.max_steps + 1))
-    method = "maml" if not cfg.inner.first_order else "fomaml"
+    method = "fomaml" if cfg.method == "maml" and cfg.inner.first_order else cfg.method
     methods = {method: {"mean": mean.tolist(), "ci95": ci.tolist()}}
     results = {
         "benchmark": "fewshot",
@@ -256,7 +253,7 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, checkpoint: Path) -> dict:
         "methods": methods,
     }
     out = run_dir / "eval"
-    labels = {"maml": "MAML", "fomaml": "first-order MAML"}
+    labels = {"maml": "MAML", "fomaml": "first-order MAML", "alpha_maml": "Alpha MAML", "lambda_maml": "Lambda MAML"}
     title = (f"{cfg.data.dataset} {t.ways}-way {t.shots}-shot: accuracy (%) on {e.num_tasks} test tasks after k "
              f"steps (checkpoint at iteration {iteration})")
     write_results(out, results, f"# {title}\n\n" + markdown_table(methods, steps, digits=2, labels=labels))

@@ -44,7 +44,7 @@ def load_run(run_dir: Path):
         cfg = from_dict(fewshot.FewShotConfig, raw)
         dataset = fewshot.load_dataset(cfg.data)
         learner = fewshot.build_learner(cfg, torch.device("cpu"), dataset)
-        load_learners(ckpt, {"maml": learner})
+        load_learners(ckpt, {cfg.method: learner})
         val = dataset.tasks("val", cfg.task.ways, cfg.task.shots, cfg.eval.num_query)
         return learner, val.sample, "fewshot", cfg
     if raw.get("benchmark") == "sinusoid":

@@ -14,10 +14,9 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from rl_maml.agents import MAMLLearner, OracleLearner, PretrainedLearner, SupervisedLearner
+from rl_maml.agents import SupervisedLearner, make_supervised_learner
 
-from rl_maml.config import ConfigError, InnerConfig, TrainConfig
-from rl_maml.inner import make_inner_loop
+from rl_maml.config import ConfigError, InnerConfig, TrainConfig, VariantConfig
 from rl_maml.nn import MLP
 from rl_maml.seeding import seed_everything, torch_generator
 from rl_maml.stats import mean_ci95
@@ -27,8 +26,9 @@ from rl_maml.training import Trainer, load_learners
 from . import plots
 from .report import markdown_table, write_results
 
-Method = Literal["maml", "pretrained", "oracle"]
-LABELS = {"maml": "MAML", "pretrained": "pretrained (NAL)", "oracle": "oracle"}
+Method = Literal["maml", "alpha_maml", "lambda_maml", "pretrained", "oracle"]
+LABELS = {"maml": "MAML", "alpha_maml": "Alpha MAML", "lambda_maml": "Lambda MAML", "pretrained": "pretrained (NAL)",
+          "oracle": "oracle"}
 
 
 @dataclass
@@ -98,6 +98,7 @@ class SinusoidConfig:
     task: SinusoidTaskConfig = field(default_factory=SinusoidTaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
+    variant: VariantConfig = field(default_factory=VariantConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -130,17 +131,10 @@ def build_learners(cfg: SinusoidConfig, device: torch.device) -> dict[str, Super
     m = cfg.model
     learners: dict[str, SupervisedLearner] = {}
     for method in cfg.methods:
-        if method == "maml":
-            net = MLP(1, 1, m.hidden_sizes, m.activation).to(device)
-            inner, learned = make_inner_loop(cfg.inner, dict(net.named_parameters()))
-            learners[method] = MAMLLearner(net, F.mse_loss, inner, cfg.train.outer_lr,
-                                           learned.to(device) if learned is not None else None)
-        elif method == "pretrained":
-            net = MLP(1, 1, m.hidden_sizes, m.activation).to(device)
-            learners[method] = PretrainedLearner(net, F.mse_loss, cfg.train.outer_lr, cfg.eval.finetune_lr)
-        elif method == "oracle":
-            net = MLP(3, 1, m.hidden_sizes, m.activation).to(device)
-            learners[method] = OracleLearner(net, F.mse_loss, cfg.train.outer_lr, ("amplitude", "phase"))
+        in_features = 3 if method == "oracle" else 1  # the oracle also sees amplitude and phase
+        net = MLP(in_features, 1, m.hidden_sizes, m.activation).to(device)
+        learners[method] = make_supervised_learner(method, net, F.mse_loss, cfg.inner, cfg.variant, cfg.train.outer_lr,
+                                                   finetune_lr=cfg.eval.finetune_lr, task_keys=("amplitude", "phase"))
     return learners
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,9 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 T = TypeVar("T")
+
+
+_YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -71,6 +75,9 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
+            # YAML 1.1 (PyYAML) reads 1e-6 as a string; it is a number to any reader of a config.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -268,3 +275,26 @@ class TrainConfig:
             raise ConfigError(f"train.outer_lr must be > 0, got {self.outer_lr}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
+
+
+@dataclasses.dataclass
+class VariantConfig:
+    """Settings of the MAML variants (the methods ``alpha_maml`` and ``lambda_maml``)."""
+
+    alpha_granularity: Literal["scalar", "layer", "tensor"] = "scalar"
+    """Alpha MAML: one inner step size, one per layer, or one per parameter tensor."""
+    alpha_hyper_lr: float = 1e-4
+    """Alpha MAML: hypergradient step size of alpha (0 freezes alpha)."""
+    beta_hyper_lr: float = 0.0
+    """Alpha MAML: hypergradient step size of the outer step size beta (0 freezes beta)."""
+    outer: Literal["adam", "sgd"] = "adam"
+    """Alpha MAML: the outer loop whose step size is beta (= train.outer_lr initially)."""
+    pattern: str = "anil"
+    """Lambda MAML: 'maml', 'anil', or rows of x/. per layer (input to head), one row per inner step
+    separated by '/', e.g. '...xx' or '..xxx/....x'."""
+
+    def __post_init__(self) -> None:
+        for key in ("alpha_hyper_lr", "beta_hyper_lr"):
+            v = getattr(self, key)
+            if not (v >= 0 and v < float("inf")):
+                raise ConfigError(f"variant.{key} must be a finite number >= 0, got {v}")

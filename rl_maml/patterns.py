@@ -159,3 +159,21 @@ def select_pattern(rows: Sequence[dict], epsilon: float, reference: str = "maml"
     ref = by_name[reference]["score"]
     ok = [r for r in rows if (r["score"] >= ref - epsilon if higher_is_better else r["score"] <= ref + epsilon)]
     return min(ok, key=lambda r: r["seconds_per_task"])
+
+
+def parse_pattern(text: str, num_layers: int, num_steps: int) -> LayerPattern:
+    """``"maml"``, ``"anil"``, or rows of ``x`` (adapts) and ``.`` per layer, one row per step separated
+    by ``/`` (``"...xx/....x"``); a single row applies to every step."""
+    text = text.strip()
+    if text in ("maml", "anil"):
+        return named_pattern(text, num_layers, num_steps)
+    rows = [r.strip() for r in text.split("/")]
+    if any(set(r) - {"x", "."} or len(r) != num_layers for r in rows):
+        raise ValueError(f"pattern {text!r}: expected 'maml', 'anil' or rows of {num_layers} characters 'x'/'.' "
+                         "separated by '/'")
+    if len(rows) not in (1, num_steps):
+        raise ValueError(f"pattern {text!r} has {len(rows)} rows; give one, or one per inner step ({num_steps})")
+    table = tuple(tuple(c == "x" for c in r) for r in rows)
+    if not any(any(r) for r in table):
+        raise ValueError(f"pattern {text!r} adapts nothing")
+    return LayerPattern(text, table * (num_steps if len(rows) == 1 else 1))

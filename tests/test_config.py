@@ -64,3 +64,14 @@ def test_load_yaml_errors(tmp_path):
     listy.write_text("- 1\n")
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_yaml(listy)
+
+
+def test_scientific_notation_is_a_number():
+    """PyYAML reads 1e-6 as a string (YAML 1.1); configs accept it as the number it means."""
+    from rl_maml.config import apply_overrides, from_dict
+    from rl_maml.experiments.sinusoid import SinusoidConfig
+
+    cfg = from_dict(SinusoidConfig, apply_overrides({}, ["train.outer_lr=1e-4", "variant.alpha_hyper_lr=2.5E-6"]))
+    assert cfg.train.outer_lr == 1e-4 and cfg.variant.alpha_hyper_lr == 2.5e-6
+    with pytest.raises(ConfigError, match="expected a number, got 'fast'"):
+        from_dict(SinusoidConfig, {"train": {"outer_lr": "fast"}})

@@ -112,3 +112,36 @@ def test_search_picks_the_fastest_admissible_pattern():
     assert select_pattern(rows, 0.0)["name"] == "maml"
     errors = [dict(r, score=100 - r["score"]) for r in rows]  # an error: lower is better
     assert select_pattern(errors, 1.0, higher_is_better=False)["name"] == "top2"
+
+
+def test_parse_pattern_and_errors():
+    from rl_maml.patterns import parse_pattern
+
+    assert parse_pattern("anil", 3, 2).table == ((False, False, True),) * 2
+    assert parse_pattern(".xx/..x", 3, 2).table == ((False, True, True), (False, False, True))
+    assert parse_pattern("..x", 3, 3).num_steps == 3
+    with pytest.raises(ValueError, match="rows of 3 characters"):
+        parse_pattern("..xx", 3, 1)
+    with pytest.raises(ValueError, match="adapts nothing"):
+        parse_pattern("...", 3, 1)
+    with pytest.raises(ValueError, match="one per inner step"):
+        parse_pattern("..x/.xx", 3, 3)
+
+
+def test_variants_are_chosen_in_the_config_and_train_side_by_side(tmp_path, capsys):
+    """MAML, Alpha MAML and Lambda MAML (ANIL) train on the same sinusoid batches via the CLI."""
+    import json
+
+    from rl_maml.experiments.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--run-dir", str(run), "methods=[maml,alpha_maml,lambda_maml]",
+                 "variant.pattern=anil", "variant.alpha_hyper_lr=1e-6", "train.num_iterations=30",
+                 "train.log_every=10", "eval.num_tasks=20", "eval.max_steps=2", "--no-progress"]) == 0
+    assert main(["eval", str(run)]) == 0
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert set(results["methods"]) == {"maml", "alpha_maml", "lambda_maml"}
+    assert "| Alpha MAML |" in capsys.readouterr().out
+    assert main(["train", "sinusoid", "--run-dir", str(tmp_path / "bad"), "methods=[lambda_maml]",
+                 "variant.pattern=xx", "--no-progress"]) == 2
+    assert "lambda_maml: pattern 'xx'" in capsys.readouterr().err
