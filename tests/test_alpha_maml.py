@@ -140,3 +140,19 @@ def test_learner_adapts_step_sizes_logs_them_and_survives_a_bad_hypergradient(tm
         metrics = learner.train_step(sinusoid_batch(9))
     assert metrics["charts/clipped_updates"] >= 1
     assert all(v > 0 for v in learner.step_size.as_dict().values())
+
+
+def test_alpha_grid_script_quick(tmp_path):
+    import json
+
+    from rl_maml.experiments import alpha_grid
+
+    results = alpha_grid.main(["sinusoid", "--quick", "--out", str(tmp_path)])
+    assert set(results["grid"]) == {"maml", "alpha_maml"}
+    cells = [c for row in results["grid"]["alpha_maml"] for c in row]
+    assert len(cells) == 4 and all("final_alpha" in c and c["final_alpha"] > 0 for c in cells)
+    # Same start and batches: with step sizes that barely move, both learners score alike.
+    maml = [c["score"] for row in results["grid"]["maml"] for c in row]
+    assert all(abs(a["score"] - m) < 0.5 for a, m in zip(cells, maml))
+    assert json.loads((tmp_path / "results.json").read_text())["summary"]["maml"]["cells"] == 4
+    assert (tmp_path / "grid.png").stat().st_size > 10_000

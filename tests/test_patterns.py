@@ -145,3 +145,19 @@ def test_variants_are_chosen_in_the_config_and_train_side_by_side(tmp_path, caps
     assert main(["train", "sinusoid", "--run-dir", str(tmp_path / "bad"), "methods=[lambda_maml]",
                  "variant.pattern=xx", "--no-progress"]) == 2
     assert "lambda_maml: pattern 'xx'" in capsys.readouterr().err
+
+
+def test_pattern_search_script_on_a_sinusoid_run(tmp_path):
+    from rl_maml.experiments import lambda_patterns
+    from rl_maml.experiments.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "sinusoid", "--run-dir", str(run), "methods=[maml]", "train.num_iterations=20",
+                 "inner.num_inner_steps=2", "--no-progress"]) == 0
+    results = lambda_patterns.main([str(run), "--family", "topk", "--val-tasks", "20", "--timing-tasks", "8",
+                                    "--repeats", "2"])
+    rows = {r["pattern"]: r for r in results["rows"]}
+    assert "xxx / xxx" in rows and rows["xxx / xxx"]["speedup"] == 1.0
+    assert rows["..x / ..x"]["frozen_prefix"] == 2
+    assert set(results["selected"]) == {"0.5", "1.0", "2.0"}
+    assert (run / "lambda" / "results.md").read_text().count("(full MAML)") == 1
