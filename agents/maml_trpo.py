@@ -101,3 +101,32 @@ class MAMLTRPOAgent:
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
+
+
+class AlphaMAMLTRPOAgent(MAMLTRPOAgent):
+    """MAML-TRPO whose inner step size alpha adapts online by hypergradient descent (Alpha MAML).
+
+    TRPO chooses the outer step itself, so only alpha adapts: after each meta-step it moves along
+    ``-d(surrogate)/d(alpha)``, which the meta-step's own backward pass computed. ``inner`` must use
+    a :class:`~rl_maml.hypergradient.HypergradientStepSize`.
+    """
+
+    name = "alpha_maml"
+
+    def train_step(self, iteration: int) -> dict[str, float]:
+        logs = super().train_step(iteration)
+        step_size = self.meta.inner.step_size
+        notes = step_size.update()
+        for note in notes:
+            print(f"Alpha MAML-TRPO, iteration {iteration}: {note}", flush=True)
+        logs["charts/clipped_updates"] = float(len(notes))
+        for g, a in step_size.as_dict().items():
+            logs[f"charts/alpha/{g}"] = a
+        return logs
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "step_size": self.meta.inner.step_size.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.meta.inner.step_size.load_state_dict(state["step_size"])

@@ -15,15 +15,16 @@ from typing import Literal
 
 import numpy as np
 import torch
-from rl_maml.agents.maml_trpo import MAMLTRPOAgent
+from rl_maml.agents.maml_trpo import AlphaMAMLTRPOAgent, MAMLTRPOAgent
 from rl_maml.agents.rl_baselines import TaskAugmentedBatchedEnv
 from rl_maml.envs import make_batched
 from rl_maml.envs.registration import FAMILIES
 
 from rl_maml.checkpoint import load_checkpoint, save_checkpoint
-from rl_maml.config import ConfigError, InnerConfig
+from rl_maml.config import ConfigError, InnerConfig, VariantConfig
 from rl_maml.functional import TaskBatchedModel, params_of
-from rl_maml.inner import make_inner_loop
+from rl_maml.hypergradient import HypergradientStepSize
+from rl_maml.inner import InnerLoop, make_inner_loop
 from rl_maml.rl.baseline import LinearFeatureBaseline
 from rl_maml.rl.episodes import episode_seeds, sample_episodes
 from rl_maml.rl.evaluation import adaptation_returns
@@ -145,10 +146,13 @@ class MetaRLConfig:
     """A label for the run."""
     seed: int = 0
     """Drives initialisation, training tasks, episode resets and action noise."""
+    method: Literal["maml", "alpha_maml"] = "maml"
+    """maml: MAML-TRPO; alpha_maml: the inner step size adapts by hypergradient (variant.alpha_*)."""
     env: EnvConfig = field(default_factory=EnvConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     inner: InnerConfig = field(default_factory=lambda: InnerConfig(inner_lr=0.1))
     trpo: TRPOSettings = field(default_factory=TRPOSettings)
+    variant: VariantConfig = field(default_factory=VariantConfig)
     train: RLTrainConfig = field(default_factory=RLTrainConfig)
     eval: RLEvalConfig = field(default_factory=RLEvalConfig)
 
@@ -176,8 +180,20 @@ def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:
     inner, learned = make_inner_loop(cfg.inner, dict(policy.named_parameters()))
     if learned is not None:
         raise ConfigError("inner.step_size: learned step sizes are not supported by MAML-TRPO yet; use fixed")
-    return MAMLTRPOAgent(env, policy, inner, cfg.trpo, t.meta_batch_size, t.fast_batch_size, t.gamma, t.gae_lambda,
-                         cfg.seed, t.meta_step_threads)
+
+    def alpha_maml() -> MAMLTRPOAgent:
+        step_size = HypergradientStepSize(params_of(policy), cfg.inner.inner_lr, cfg.variant.alpha_granularity,
+                                          cfg.variant.alpha_hyper_lr)
+        alpha_inner = InnerLoop(step_size, inner.num_steps, inner.first_order, inner.mask)
+        return AlphaMAMLTRPOAgent(env, policy, alpha_inner, cfg.trpo, t.meta_batch_size, t.fast_batch_size, t.gamma,
+                                  t.gae_lambda, cfg.seed, t.meta_step_threads)
+
+    factories = {
+        "maml": lambda: MAMLTRPOAgent(env, policy, inner, cfg.trpo, t.meta_batch_size, t.fast_batch_size, t.gamma,
+                                      t.gae_lambda, cfg.seed, t.meta_step_threads),
+        "alpha_maml": alpha_maml,
+    }
+    return factories[cfg.method]()
 
 
 def train(cfg: MetaRLConfig, run_dir: Path, resume: bool, progress: bool = True) -> dict[str, float]:
@@ -210,7 +226,9 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
             policies[name] = reference_policy(cfg, run_dir, name, device)
     methods, episodes = {}, {}
     for name, policy in policies.items():
-        returns, eps = adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps, cfg.inner.inner_lr,
+        # Every policy adapts with the configured alpha, except Alpha MAML's, which uses its learned alphas.
+        lr = agent.meta.inner.step_size if name == "maml" and cfg.method == "alpha_maml" else cfg.inner.inner_lr
+        returns, eps = adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps, lr,
                                           LinearFeatureBaseline(), cfg.train.gamma, cfg.train.gae_lambda, e.seed)
         mean, ci = mean_ci95(returns.double().cpu(), dim=1)
         methods[name] = {"mean": mean.tolist(), "ci95": ci.tolist(), "per_task": returns.cpu().tolist()}

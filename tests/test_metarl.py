@@ -71,3 +71,18 @@ def test_rl_config_errors(tmp_path, capsys):
     assert "env.name must be one of" in capsys.readouterr().err
     assert main(["train", "navigation", "--run-dir", str(tmp_path / "y"), "env.action_scale=2.0"]) == 2
     assert "does not apply to Navigation2D" in capsys.readouterr().err
+
+
+def test_alpha_maml_trpo_adapts_alpha_from_the_meta_step(tmp_path, capsys):
+    """Alpha MAML with TRPO: alpha moves by -hyper_lr * d(surrogate)/d(alpha), logged and checkpointed."""
+    from rl_maml.checkpoint import latest_checkpoint, load_checkpoint
+
+    run = tmp_path / "alpha"
+    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=2",
+                 "method=alpha_maml", "variant.alpha_granularity=layer", "variant.alpha_hyper_lr=0.01",
+                 *TINY]) == 0
+    state = load_checkpoint(latest_checkpoint(run / "checkpoints"))["learners"]["maml"]
+    alphas = [v.item() for v in state["step_size"].values()]
+    assert len(alphas) == 3 and all(a > 0 for a in alphas) and any(abs(a - 0.5) > 1e-6 for a in alphas)
+    assert main(["eval", str(run), "eval.baselines=[random]"]) == 0
+    assert "| MAML |" in capsys.readouterr().out

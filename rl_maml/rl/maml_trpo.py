@@ -196,7 +196,13 @@ class MAMLTRPO:
         if adapted is None:
             adapted = self.adapt(train)
         loss, _, old = self.surrogate(adapted, valid)
-        grads = flat(torch.autograd.grad(loss, params))
+        # Step sizes that are tensors requiring grad (Alpha MAML's alpha) get d(surrogate)/d(alpha)
+        # from the same backward pass, left in their .grad for the agent to use.
+        online = [t for t in getattr(self.inner.step_size, "parameters", tuple)() if t.requires_grad]
+        all_grads = torch.autograd.grad(loss, params + online, allow_unused=True)
+        grads = flat(all_grads[:len(params)])
+        for t, g in zip(online, all_grads[len(params):]):
+            t.grad = g
         _require_finite(loss=loss, gradient=grads)
 
         # Natural gradient direction: solve F x = g with conjugate gradient (curvature optionally
