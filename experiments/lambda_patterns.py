@@ -4,8 +4,10 @@
         [--val-tasks 200] [--timing-tasks 32] [--epsilons 0.5 1 2] [--out DIR]
 
 RUN_DIR is an ``rl-maml train`` run of the ``fewshot`` (accuracy, higher is better; epsilon in
-points) or ``sinusoid`` (mean squared error, lower is better; epsilon in percent of full MAML's
-error) benchmark. For every pattern of the family it measures the adaptation time per task (the
+points), ``sinusoid`` (mean squared error, lower is better; epsilon in percent of full MAML's
+error) or ``metarl`` benchmark (return after adaptation on held-out tasks, higher is better;
+epsilon in return units; the policy has no frozen-prefix path, so only the gradient work of
+frozen layers is skipped). For every pattern of the family it measures the adaptation time per task (the
 frozen prefix on the support images plus the inner steps, median of repeats after warm-up, for a
 batch of ``--timing-tasks`` tasks) and the quality on validation tasks, then reports the fastest
 pattern within each epsilon of full MAML. Writes ``results.json``, ``results.md`` and
@@ -23,6 +25,7 @@ import torch
 from rl_maml.checkpoint import atomic_write_bytes, latest_checkpoint
 from rl_maml.config import from_dict, load_yaml
 from rl_maml.functional import TaskBatchedModel
+from rl_maml.inner import ConstantStepSize, InnerLoop
 from rl_maml.patterns import LayerPattern, adapt_with_pattern, full_maml, select_pattern, subset_family, \
     time_adaptation, top_k_family
 from rl_maml.seeding import torch_generator
@@ -59,7 +62,14 @@ def load_run(run_dir: Path):
             return tasks.sample(n, cfg.task.num_support, 100, g)
 
         return learners["maml"], sample, "sinusoid", cfg
-    raise SystemExit(f"{run_dir}: lambda patterns support the fewshot and sinusoid benchmarks, not {raw.get('benchmark')!r}")
+    if raw.get("benchmark") == "metarl":
+        from . import metarl
+
+        cfg = from_dict(metarl.MetaRLConfig, raw)
+        agent = metarl.build_agent(cfg, torch.device("cpu"))
+        load_learners(ckpt, {"maml": agent})
+        return agent, None, "metarl", cfg
+    raise SystemExit(f"{run_dir}: lambda patterns support the fewshot, sinusoid and metarl benchmarks, not {raw.get('benchmark')!r}")
 
 
 def measure(learner, sample, benchmark: str, patterns: list[LayerPattern], val_tasks: int, timing_tasks: int,
@@ -94,6 +104,36 @@ def measure(learner, sample, benchmark: str, patterns: list[LayerPattern], val_t
     return rows
 
 
+def measure_rl(agent, cfg, patterns: list[LayerPattern], val_tasks: int, repeats: int) -> list[dict]:
+    """Meta-RL: time one inner step on a fixed episode batch; score = return after the steps."""
+    from rl_maml.rl.baseline import LinearFeatureBaseline
+    from rl_maml.rl.evaluation import adaptation_returns
+    from rl_maml.seeding import numpy_generator
+
+    env = cfg.env.make(val_tasks * cfg.eval.fast_batch_size, torch.device("cpu"))
+    tasks = {k: torch.as_tensor(v) for k, v in env.TASKS.sample(val_tasks, numpy_generator(1, "lambda-val")).items()}
+    groups = agent.policy.layer_groups()
+    steps = patterns[0].num_steps
+    rows, episodes = [], None
+    for pattern in patterns:
+        returns, eps = adaptation_returns(agent.policy, env, tasks, cfg.eval.fast_batch_size, steps,
+                                          cfg.inner.inner_lr, LinearFeatureBaseline(), cfg.train.gamma,
+                                          cfg.train.gae_lambda, seed=1, mask=pattern.mask(groups))
+        episodes = episodes or eps[0]  # the same pre-adaptation episodes time every pattern
+        inner = InnerLoop(ConstantStepSize(cfg.inner.inner_lr), 1, first_order=True, mask=pattern.mask(groups))
+        params = {k: v.detach() for k, v in agent.meta.params().items()}
+
+        def adapt():
+            leaves = {k: v.requires_grad_(True) if k in set(inner.adapted_names(0, params)) else v
+                      for k, v in {k: v.detach() for k, v in params.items()}.items()}
+            return agent.meta.adapt_step(leaves, episodes, 0, inner=inner, create_graph=False)
+
+        seconds = time_adaptation(adapt, repeats=repeats) * steps / val_tasks
+        rows.append({"name": pattern.name, "pattern": str(pattern), "frozen_prefix": pattern.frozen_prefix,
+                     "seconds_per_task": seconds, "score": returns[-1].mean().item()})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dir", type=Path)
@@ -110,21 +150,26 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     learner, sample, benchmark, cfg = load_run(args.run_dir)
     steps = args.steps or max(cfg.inner.num_inner_steps, 1)
-    num_layers = len(learner.module.layer_groups())
+    module = learner.policy if benchmark == "metarl" else learner.module
+    num_layers = len(module.layer_groups())
     patterns = subset_family(num_layers, steps) if args.family == "subsets" else top_k_family(num_layers, steps)
     patterns = [full_maml(num_layers, steps)] + [p for p in patterns if str(p) != str(full_maml(num_layers, steps))]
-    rows = measure(learner, sample, benchmark, patterns, args.val_tasks, args.timing_tasks, args.repeats)
+    if benchmark == "metarl":
+        rows = measure_rl(learner, cfg, patterns, min(args.val_tasks, 40), args.repeats)
+    else:
+        rows = measure(learner, sample, benchmark, patterns, args.val_tasks, args.timing_tasks, args.repeats)
     ref = rows[0]
-    higher = benchmark == "fewshot"
+    higher = benchmark != "sinusoid"
     for r in rows:
         r["speedup"] = ref["seconds_per_task"] / r["seconds_per_task"]
     selected = {}
     for eps in args.epsilons:
         tolerance = eps if higher else ref["score"] * eps / 100
         selected[str(eps)] = select_pattern(rows, tolerance, higher_is_better=higher)["name"]
-    unit = "accuracy (%)" if higher else "MSE"
+    unit = {"fewshot": "accuracy (%)", "sinusoid": "MSE", "metarl": "return after adaptation"}[benchmark]
     results = {"run_dir": str(args.run_dir), "benchmark": benchmark, "steps": steps, "family": args.family,
-               "metric": unit, "epsilon_unit": "points" if higher else "% of full MAML's MSE",
+               "metric": unit, "epsilon_unit": {"fewshot": "points", "sinusoid": "% of full MAML's MSE",
+                                                "metarl": "return units"}[benchmark],
                "val_tasks": args.val_tasks, "timing_tasks": args.timing_tasks, "threads": torch.get_num_threads(),
                "rows": rows, "selected": selected}
     out = args.out or args.run_dir / "lambda"

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from rl_maml.inner import ConstantStepSize, InnerLoop, StepSize
+from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop, StepSize
 from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes
 from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
@@ -16,11 +16,13 @@ from rl_maml.seeding import torch_generator
 
 def adaptation_returns(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tensor], episodes_per_task: int,
                        num_steps: int, inner_lr: float | StepSize, baseline, gamma: float, gae_lambda: float,
-                       seed: int, step_scales: tuple[float, ...] = (1.0, 0.5)) -> tuple[Tensor, list[Episodes]]:
+                       seed: int, step_scales: tuple[float, ...] = (1.0, 0.5), mask: AdaptationMask | None = None
+                       ) -> tuple[Tensor, list[Episodes]]:
     """Adapt ``policy`` to each task with vanilla policy gradient and record the returns.
 
     Step k uses step size ``inner_lr * step_scales[k]`` (the paper: alpha, then alpha/2), and
-    fresh episodes are sampled after every step. ``inner_lr`` may also be a step-size object (e.g.
+    fresh episodes are sampled after every step; ``mask`` limits which tensors adapt (Lambda
+    patterns). ``inner_lr`` may also be a step-size object (e.g.
     Alpha MAML's learned per-layer alphas), whose values are scaled the same way.
 
     Returns:
@@ -35,7 +37,7 @@ def adaptation_returns(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tenso
         def step_size(step: int, name: str) -> Tensor:
             return torch.as_tensor(base(step, name)).detach() * step_scales[min(step, len(step_scales) - 1)]
 
-    meta = MAMLTRPO(policy, InnerLoop(step_size, first_order=True), TRPOSettings())
+    meta = MAMLTRPO(policy, InnerLoop(step_size, first_order=True, mask=mask), TRPOSettings())
     M = len(next(iter(tasks.values())))
     params = {k: v.detach() for k, v in meta.params().items()}
     returns, all_episodes = [], []

@@ -47,6 +47,12 @@ class GaussianMLPPolicy(nn.Module):
         self.log_std = nn.Parameter(torch.full((act_dim,), math.log(init_std)))
         self.min_log_std = min_log_std
 
+    def layer_groups(self) -> list[list[str]]:
+        """Parameter names per layer, input to output; the last group holds the mean head and log_std."""
+        groups = [[f"mean.{n}" for n in g] for g in self.mean.layer_groups()]
+        groups[-1].append("log_std")
+        return groups
+
     def forward(self, obs: Tensor) -> tuple[Tensor, Tensor]:
         """``obs [..., obs_dim]`` -> ``(mean [..., act_dim], log_std [..., act_dim])``."""
         mean = self.mean(obs)
