@@ -22,8 +22,11 @@ from rl_maml.tasks.fewshot import DatasetError
 from .registry import benchmark_module
 
 PRESETS = Path(__file__).resolve().parent / "configs"
-# Keys that may change when a run is resumed: they do not change what the run computes.
-RESUMABLE_CHANGES = {"train.num_iterations", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every"}
+# Keys that may change when a run is resumed: they do not change what the run computes (the
+# thread count can change floating-point rounding, not the method; a resume that changes it is
+# no longer bit-identical to an uninterrupted run).
+RESUMABLE_CHANGES = {"train.num_iterations", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
+                     "train.num_threads"}
 
 
 def presets() -> dict[str, Path]:
