@@ -284,8 +284,9 @@ def plot_fewshot(results: dict, curve_path: Path, path: Path, labels: dict[str, 
         keys = sorted({k for row in curve for k in row if k.startswith("val/accuracy_after_")})
         for k in keys:
             xs = [r["iteration"] for r in curve if k in r]
+            n = int(k.removeprefix("val/accuracy_after_").split("_")[0])
             axes[1].plot(xs, [100 * r[k] for r in curve if k in r], marker=".",
-                         label=k.removeprefix("val/accuracy_after_").replace("_", " "))
+                         label=f"after {n} step{'s' if n != 1 else ''}")
         axes[1].set_xlabel("meta-iteration")
         axes[1].set_ylabel("validation accuracy (%)")
         axes[1].set_title("learning curve (validation classes)")
