@@ -97,6 +97,34 @@ def run_cell(make_net, criterion, sample, test, score, method: str, alpha: float
     return result
 
 
+def plot_grid(results: dict, path: Path) -> None:
+    """Side-by-side heatmaps on one shared (log) colour scale; 'x' marks a cell that did not converge."""
+    from matplotlib.colors import LogNorm
+
+    higher = results["benchmark"] == "omniglot"
+    grid, alphas, betas = results["grid"], results["alphas"], results["betas"]
+    finite = [c["score"] for rows in grid.values() for row in rows for c in row if math.isfinite(c["score"])]
+    norm = None if higher else LogNorm(vmin=min(finite), vmax=max(finite))
+    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.5))
+    for ax, (method, rows) in zip(axes, grid.items()):
+        values = torch.tensor([[c["score"] for c in row] for row in rows]).numpy()
+        im = ax.imshow(values, origin="lower", cmap="viridis" if higher else "viridis_r", norm=norm,
+                       vmin=min(finite) if higher else None, vmax=max(finite) if higher else None)
+        for i, row in enumerate(rows):
+            for j, c in enumerate(row):
+                text = "diverged" if not math.isfinite(c["score"]) else f"{c['score']:.2f}"
+                ax.text(j, i, text + ("" if c["converged"] else "\nx"), ha="center", va="center", fontsize=7,
+                        color="k" if c["converged"] else ("w" if math.isfinite(c["score"]) else "tab:red"))
+        ax.set_xticks(range(len(betas)), [f"{b:g}" for b in betas])
+        ax.set_yticks(range(len(alphas)), [f"{a:g}" for a in alphas])
+        ax.set_xlabel("initial beta (outer step size)")
+        ax.set_ylabel("initial alpha (inner step size)")
+        s = results["summary"][method]
+        ax.set_title(f"{method}: {s['converged_cells']}/{s['cells']} converged")
+        fig.colorbar(im, ax=ax, label=results["metric"])
+    plots.save(fig, path)
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("benchmark", choices=sorted(SETUPS))
@@ -147,21 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
         md += ["", f"converged in {s['converged_cells']} of {s['cells']} cells; best {s['best']:.3f}", ""]
     text = "\n".join(md)
     atomic_write_bytes(args.out / "results.md", text.encode())
-    fig, axes = plots.plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, (method, rows) in zip(axes, grid.items()):
-        values = torch.tensor([[c["score"] for c in row] for row in rows]).numpy()
-        im = ax.imshow(values, origin="lower", cmap="viridis" if higher else "viridis_r")
-        for i, row in enumerate(rows):
-            for j, c in enumerate(row):
-                ax.text(j, i, f"{c['score']:.2f}" + ("" if c["converged"] else "\nx"), ha="center", va="center",
-                        fontsize=7, color="w")
-        ax.set_xticks(range(len(setup["betas"])), [f"{b:g}" for b in setup["betas"]])
-        ax.set_yticks(range(len(setup["alphas"])), [f"{a:g}" for a in setup["alphas"]])
-        ax.set_xlabel("initial beta (outer step size)")
-        ax.set_ylabel("initial alpha (inner step size)")
-        ax.set_title(f"{method}: {summary[method]['converged_cells']}/{summary[method]['cells']} converged")
-        fig.colorbar(im, ax=ax, label=results["metric"])
-    plots.save(fig, args.out / "grid.png")
+    plot_grid(results, args.out / "grid.png")
     print(text)
     return results
 
