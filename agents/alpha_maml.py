@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Callable
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from rl_maml.agents.supervised import SupervisedLearner
@@ -41,6 +40,8 @@ class AlphaMAMLLearner(SupervisedLearner):
     """
 
     name = "alpha_maml"
+    nonfinite_hint = ("Lower the initial alpha or beta (or their hypergradient step sizes), or resume from an "
+                      "earlier checkpoint.")
 
     def __init__(self, module: nn.Module, criterion: Callable[[Tensor, Tensor], Tensor], alpha: float, beta: float,
                  num_inner_steps: int = 1, first_order: bool = False, granularity: Granularity = "scalar",
@@ -60,13 +61,7 @@ class AlphaMAMLLearner(SupervisedLearner):
                              "losses/query_post": result.loss.item()}
 
     def train_step(self, batch: TaskBatch) -> dict[str, float]:
-        self.module.train()
-        loss, metrics = self.loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{self.name}: training loss became {loss.item()}; parameters were not updated. Lower the initial "
-                "alpha or beta (or their hypergradient step sizes), or resume from an earlier checkpoint."
-            )
+        loss, metrics = self.checked_loss(batch)
         self.optimizer.zero_grad()
         for a in self.step_size.parameters():
             a.grad = None

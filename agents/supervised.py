@@ -68,6 +68,18 @@ class SupervisedLearner:
         raise NotImplementedError
 
     # -- shared verbs -------------------------------------------------------------------------
+    nonfinite_hint = "Lower train.outer_lr or inner.inner_lr, or resume from an earlier checkpoint."
+
+    def checked_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        """:meth:`loss` in training mode; raises ``FloatingPointError`` (naming the fix) if it is not finite."""
+        self.module.train()
+        loss, metrics = self.loss(batch)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"{self.name}: training loss became {loss.item()}; parameters were not updated. {self.nonfinite_hint}"
+            )
+        return loss, metrics
+
     def _prepared(self, batch: TaskBatch) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
         sx, sy = batch.support
         qx, qy = batch.query
@@ -79,13 +91,7 @@ class SupervisedLearner:
         Raises:
             FloatingPointError: the loss is NaN or infinite (the parameters are left unchanged).
         """
-        self.module.train()
-        loss, metrics = self.loss(batch)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"{self.name}: training loss became {loss.item()}; parameters were not updated. "
-                "Lower train.outer_lr or inner.inner_lr, or resume from an earlier checkpoint."
-            )
+        loss, metrics = self.checked_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -37,17 +35,11 @@ from rl_maml.functional import TaskBatchedModel, params_of
 from rl_maml.inner import ConstantStepSize, InnerLoop
 from rl_maml.maml import meta_loss, per_task_meta_loss
 from rl_maml.nn import MLP, Conv4
+from rl_maml.patterns import time_adaptation
 
 
 def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return 1e3 * time_adaptation(fn, repeats, warmup)
 
 
 def make_case(name: str, query_per_class: int = 1, data_root: str | None = None):
