@@ -123,9 +123,10 @@ def measure_rl(agent, cfg, patterns: list[LayerPattern], val_tasks: int, repeats
         inner = InnerLoop(ConstantStepSize(cfg.inner.inner_lr), 1, first_order=True, mask=pattern.mask(groups))
         params = {k: v.detach() for k, v in agent.meta.params().items()}
 
+        adapted_names = set(inner.adapted_names(0, params))
+
         def adapt():
-            leaves = {k: v.requires_grad_(True) if k in set(inner.adapted_names(0, params)) else v
-                      for k, v in {k: v.detach() for k, v in params.items()}.items()}
+            leaves = {k: v.detach().requires_grad_(k in adapted_names) for k, v in params.items()}
             return agent.meta.adapt_step(leaves, episodes, 0, inner=inner, create_graph=False)
 
         seconds = time_adaptation(adapt, repeats=repeats) * steps / val_tasks

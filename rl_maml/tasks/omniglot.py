@@ -17,6 +17,7 @@ runs only when a user asks for it (``rl-maml download omniglot --root DIR``).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import urllib.request
@@ -90,8 +91,6 @@ def _fingerprint(sources: dict[str, Path]) -> str:
         else:
             files = sorted(path.rglob("*.png"))
             parts.append(f"{part}:dir:{len(files)}:{sum(f.stat().st_size for f in files)}")
-    import hashlib
-
     return hashlib.md5("|".join(parts).encode()).hexdigest()[:16]
 
 
