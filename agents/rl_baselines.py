@@ -60,18 +60,21 @@ class TaskDistributionWrapper(gymnasium.Wrapper):
         return self._augment(obs), reward, term, trunc, info
 
 
-def make_family_env(family: str, convention: str, horizon: int | None, append_task: bool = False):
-    kwargs = {"convention": convention} | ({"horizon": horizon} if horizon is not None else {})
-    return TaskDistributionWrapper(gymnasium.make(ENV_IDS[family], **kwargs), append_task)
+def make_family_env(family: str, env_kwargs: Mapping, append_task: bool = False):
+    """The single env of ``family`` (``env_kwargs``: convention, horizon, action scale) over its task distribution."""
+    return TaskDistributionWrapper(gymnasium.make(ENV_IDS[family], **env_kwargs), append_task)
 
 
-def train_ppo(family: str, convention: str, horizon: int | None, hidden_sizes: Sequence[int], activation: str,
+def train_ppo(family: str, env_kwargs: Mapping, hidden_sizes: Sequence[int], activation: str,
               timesteps: int, seed: int, append_task: bool):
-    """A PPO policy trained on the family's task distribution (8 envs in one process)."""
+    """A PPO policy trained on the family's task distribution (8 envs in one process).
+
+    ``env_kwargs`` are the meta-learner's env arguments (convention and overrides), so that the
+    baselines act in the same action units."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
-    vec = make_vec_env(lambda: make_family_env(family, convention, horizon, append_task), n_envs=8, seed=seed)
+    vec = make_vec_env(lambda: make_family_env(family, env_kwargs, append_task), n_envs=8, seed=seed)
     n_steps = max(16, min(512, timesteps // 8))  # tiny budgets (tests) still get a few updates
     model = PPO("MlpPolicy", vec, seed=seed, verbose=0, device="cpu", n_steps=n_steps,
                 batch_size=min(256, n_steps * 8),

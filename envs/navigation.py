@@ -13,6 +13,21 @@ from rl_maml.envs.tasks import NAVIGATION_TASKS
 from torch import Tensor
 
 
+def navigation_action_scale(convention: str, horizon: int, max_action: float, goal_radius: float,
+                            action_scale: float | None) -> float:
+    """Check Navigation2D's arguments; return the action scale (the convention's unless given)."""
+    if convention not in ("gym", "maml"):
+        raise ValueError(f"convention must be 'gym' or 'maml', got {convention!r}")
+    if horizon < 1 or max_action <= 0 or goal_radius < 0:
+        raise ValueError("horizon must be >= 1, max_action > 0 and goal_radius >= 0")
+    if action_scale is None:
+        # gym: the action is the displacement; maml: [-1, 1] maps onto [-max_action, max_action].
+        return float(max_action) if convention == "maml" else 1.0
+    if not (np.isfinite(action_scale) and action_scale > 0):
+        raise ValueError(f"action_scale must be a finite number > 0, got {action_scale}")
+    return float(action_scale)
+
+
 class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
     """A point in the plane must reach a goal it cannot see.
 
@@ -28,8 +43,17 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
 
     ## Action Space
 
-    ``Box(-0.1, 0.1, (2,), float32)``: a displacement (velocity command) added to the position.
-    Actions outside the box are clipped to it; NaN or infinite actions raise ``ValueError``.
+    A displacement (velocity command) added to the position: ``clip(action_scale * action,
+    -max_action, max_action)``. The two conventions differ here:
+
+    | convention | action space | action_scale | as in |
+    |---|---|---|---|
+    | ``gym`` | ``Box(-0.1, 0.1, (2,))`` | 1 | pytorch-maml-rl (the action is the displacement) |
+    | ``maml`` | ``Box(-1, 1, (2,))`` | 0.1 | the MAML paper's rllab setup, whose ``normalize`` wrapper maps [-1, 1] onto the box |
+
+    The same policy noise is thus ten times smaller in displacement under ``maml``, and the
+    paper's numbers (its oracle's -2.3 in particular) need that. NaN or infinite actions raise
+    ``ValueError``.
 
     ## Rewards
 
@@ -53,8 +77,8 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
     ## Arguments
 
     ``task`` (initial task; default: a fixed sample), ``horizon`` (100), ``max_action`` (0.1),
-    ``goal_radius`` (0.01), ``convention`` (``"gym"`` or ``"maml"``: both give the paper's
-    setting for this family; accepted for uniformity with the locomotion families).
+    ``goal_radius`` (0.01), ``convention`` (``"gym"`` or ``"maml"``, see Action Space),
+    ``action_scale`` (override the convention's).
 
     ## Version History
 
@@ -65,17 +89,15 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
     TASKS = NAVIGATION_TASKS
 
     def __init__(self, task: Mapping | None = None, horizon: int = 100, max_action: float = 0.1,
-                 goal_radius: float = 0.01, convention: str = "gym"):
-        if convention not in ("gym", "maml"):
-            raise ValueError(f"convention must be 'gym' or 'maml', got {convention!r}")
-        if horizon < 1 or max_action <= 0 or goal_radius < 0:
-            raise ValueError("horizon must be >= 1, max_action > 0 and goal_radius >= 0")
+                 goal_radius: float = 0.01, convention: str = "gym", action_scale: float | None = None):
         self.convention = convention
         self.horizon = horizon
         self.max_action = max_action
         self.goal_radius = goal_radius
+        self.action_scale = navigation_action_scale(convention, horizon, max_action, goal_radius, action_scale)
+        bound = max_action / self.action_scale
         self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
-        self.action_space = spaces.Box(-max_action, max_action, (2,), np.float32)
+        self.action_space = spaces.Box(-bound, bound, (2,), np.float32)
         self._init_task(task)
         self._position = np.zeros(2, np.float32)
         self._steps = 0
@@ -88,7 +110,8 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
         return self._position.copy(), {"task": self.get_task()}
 
     def step(self, action):
-        move = np.clip(check_action(action, (2,)), -self.max_action, self.max_action).astype(np.float32)
+        move = np.clip(np.float32(self.action_scale) * check_action(action, (2,)).astype(np.float32),
+                       -self.max_action, self.max_action).astype(np.float32)
         self._position = self._position + move
         distance = np.float32(np.sqrt(np.sum(np.square(self._position - self._task["goal"].astype(np.float32)))))
         self._steps += 1
@@ -110,13 +133,14 @@ class BatchedNavigation2D:
     TASKS = NAVIGATION_TASKS
 
     def __init__(self, num_envs: int, horizon: int = 100, max_action: float = 0.1, goal_radius: float = 0.01,
-                 device: str | torch.device = "cpu", convention: str = "gym"):
+                 device: str | torch.device = "cpu", convention: str = "gym", action_scale: float | None = None):
         self.num_envs = num_envs
         self.horizon = horizon
         self.max_action = max_action
         self.goal_radius = goal_radius
         self.device = torch.device(device)
         self.convention = convention
+        self.action_scale = navigation_action_scale(convention, horizon, max_action, goal_radius, action_scale)
 
     def reset(self, tasks: Mapping, seeds: object = None) -> Tensor:
         """Start N episodes for ``tasks`` (``{"goal": [N, 2]}``); ``seeds`` are unused (no randomness)."""
@@ -140,7 +164,7 @@ class BatchedNavigation2D:
             raise ValueError(f"actions must have shape {(self.num_envs, 2)}, got {tuple(actions.shape)}")
         if not torch.isfinite(actions).all():
             raise ValueError("actions contain NaN or infinite values; check the policy's outputs")
-        move = actions.to(self.position).clamp(-self.max_action, self.max_action)
+        move = (self.action_scale * actions.to(self.position)).clamp(-self.max_action, self.max_action)
         live = self.alive.unsqueeze(1)
         self.position = torch.where(live, self.position + move, self.position)
         distance = torch.sqrt(torch.sum(torch.square(self.position - self.goal), dim=1))  # [N]

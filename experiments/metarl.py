@@ -8,6 +8,7 @@ randomly initialised policy adapted the same way.
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,23 +50,27 @@ class EnvConfig:
     horizon: int | None = None
     """Override the convention's horizon."""
     action_scale: float | None = None
-    """Override the convention's action scale (locomotion only)."""
+    """Override the convention's action scale (the env receives ``clip(action_scale * action)``)."""
 
     def __post_init__(self) -> None:
         if self.name not in FAMILIES:
             raise ConfigError(f"env.name must be one of {sorted(FAMILIES)}, got {self.name!r}")
-        if self.name == "Navigation2D" and self.action_scale is not None:
-            raise ConfigError("env.action_scale does not apply to Navigation2D")
+        if self.horizon is not None and self.horizon < 1:
+            raise ConfigError(f"env.horizon must be >= 1 (or null for the convention's), got {self.horizon}")
+        if self.action_scale is not None and not (math.isfinite(self.action_scale) and self.action_scale > 0):
+            raise ConfigError(f"env.action_scale must be a finite number > 0 (or null for the convention's), "
+                              f"got {self.action_scale}")
+
+    def kwargs(self) -> dict:
+        """Keyword arguments of the single and batched envs: the convention and the overrides given."""
+        return {"convention": self.convention} | {k: v for k, v in (("horizon", self.horizon),
+                                                                    ("action_scale", self.action_scale))
+                                                  if v is not None}
 
     def make(self, num_envs: int, device: torch.device):
-        kwargs = {"convention": self.convention}
-        if self.horizon is not None:
-            kwargs["horizon"] = self.horizon
         if self.name == "Navigation2D":
-            return make_batched(self.name, num_envs, device=device, **kwargs)
-        if self.action_scale is not None:
-            kwargs["action_scale"] = self.action_scale
-        return make_batched(self.name, num_envs, **kwargs)
+            return make_batched(self.name, num_envs, device=device, **self.kwargs())
+        return make_batched(self.name, num_envs, **self.kwargs())
 
 
 @dataclass
@@ -182,6 +187,8 @@ def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:
         raise ConfigError("inner.step_size: learned step sizes are not supported by MAML-TRPO yet; use fixed")
 
     def alpha_maml() -> MAMLTRPOAgent:
+        if cfg.inner.step_scales:
+            raise ConfigError("inner.step_scales does not apply to method=alpha_maml (its alphas are learned)")
         step_size = HypergradientStepSize(params_of(policy), cfg.inner.inner_lr, cfg.variant.alpha_granularity,
                                           cfg.variant.alpha_hyper_lr)
         alpha_inner = InnerLoop(step_size, inner.num_steps, inner.first_order, inner.mask)
@@ -279,7 +286,7 @@ def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.
         return policy.to(device)
     print(f"training the {name} baseline with PPO for {e.baseline_timesteps} steps (cached in {path})",
           file=sys.stderr)
-    model = train_ppo(cfg.env.name, cfg.env.convention, cfg.env.horizon, p.hidden_sizes, p.activation,
+    model = train_ppo(cfg.env.name, cfg.env.kwargs(), p.hidden_sizes, p.activation,
                       e.baseline_timesteps, e.seed, append_task=name == "oracle")
     policy = to_gaussian_policy(model, p.hidden_sizes, p.activation)
     save_checkpoint(path, {"policy": policy.state_dict(), "obs_dim": policy.obs_dim, "act_dim": policy.act_dim})

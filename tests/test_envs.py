@@ -88,6 +88,25 @@ def test_navigation_rewards_by_hand():
     assert term and not trunc and reward == pytest.approx(-0.005, abs=1e-6)
 
 
+def test_navigation_maml_convention_normalises_actions():
+    """maml (rllab's normalize): actions in [-1, 1] map onto displacements in [-0.1, 0.1]."""
+    env = make("Navigation2D", convention="maml")
+    assert env.action_space.low.tolist() == [-1, -1] and env.action_space.high.tolist() == [1, 1]
+    env.reset(seed=0, options={"task": {"goal": [0.3, 0.0]}})
+    obs, reward, _, _, _ = env.step([1.0, 0.5])
+    np.testing.assert_allclose(obs, [0.1, 0.05], atol=1e-7)
+    assert reward == pytest.approx(-np.hypot(0.2, 0.05), abs=1e-6)
+    obs, _, _, _, _ = env.step([30.0, -30.0])  # clipped to (0.1, -0.1)
+    np.testing.assert_allclose(obs, [0.2, -0.05], atol=1e-7)
+    batched = make_batched("Navigation2D", 1, convention="maml")
+    batched.reset({"goal": np.array([[0.3, 0.0]])})
+    np.testing.assert_allclose(batched.step(torch.tensor([[1.0, 0.5]]))[0].numpy(), [[0.1, 0.05]], atol=1e-7)
+    assert make("Navigation2D").action_scale == 1.0
+    assert make("Navigation2D", convention="maml", action_scale=0.05).action_space.high.tolist() == [2, 2]
+    with pytest.raises(ValueError, match="action_scale must be a finite number > 0"):
+        make("Navigation2D", action_scale=0.0)
+
+
 @pytest.mark.parametrize("name", MUJOCO)
 def test_locomotion_rewards_by_hand(name):
     env = make(name)
@@ -185,7 +204,7 @@ def test_nan_actions_raise(name):
 def run_both(name, num, action_scale, seed=0, **kwargs):
     """Roll out the batched env and N single envs with the same tasks, seeds and actions."""
     batched = make_batched(name, num, dtype=torch.float64, **kwargs) if name != "Navigation2D" else \
-        make_batched(name, num)
+        make_batched(name, num, **kwargs)
     tasks = batched.TASKS.sample(num, np.random.default_rng(seed))
     seeds = [100 + i for i in range(num)]
     rng = np.random.default_rng(seed + 1)
@@ -201,12 +220,12 @@ def run_both(name, num, action_scale, seed=0, **kwargs):
     return batched, tasks, seeds, actions, np.array(b_obs), np.array(b_rew), np.array(b_done)
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_batched_agrees_with_single_envs(name):
+@pytest.mark.parametrize("name, nav_convention", [(n, "gym") for n in ALL] + [("Navigation2D", "maml")])
+def test_batched_agrees_with_single_envs(name, nav_convention):
     num = 5
-    kwargs = {} if name == "Navigation2D" else {"horizon": 60}
+    kwargs = {"convention": nav_convention} if name == "Navigation2D" else {"horizon": 60}
     batched, tasks, seeds, actions, b_obs, b_rew, b_done = run_both(
-        name, num, action_scale=0.1 if name == "Navigation2D" else 1.0, **kwargs)
+        name, num, action_scale=0.1 if kwargs.get("convention") == "gym" else 1.0, **kwargs)
     ended_early = 0
     for i in range(num):
         env = make(name, **kwargs)
