@@ -236,10 +236,18 @@ class InnerConfig:
     adapt: list[str] | None = None
     """Parameter names or name prefixes that adapt (e.g. ["layers.4"] for the head only); null
     adapts everything."""
+    step_scales: list[float] = dataclasses.field(default_factory=list)
+    """Multipliers of inner_lr per inner step during meta-training (steps past the end use the
+    last); [] is 1 for every step. [1.0, 0.5] trains on the MAML paper's RL evaluation schedule
+    (alpha, then alpha/2). Fixed scalar step_size only."""
 
     def __post_init__(self) -> None:
         if not (self.inner_lr >= 0 and self.inner_lr < float("inf")):
             raise ConfigError(f"inner.inner_lr must be a finite number >= 0, got {self.inner_lr}")
+        if any(not (0 <= float(x) < float("inf")) for x in self.step_scales):
+            raise ConfigError(f"inner.step_scales must be finite numbers >= 0, got {self.step_scales}")
+        if self.step_scales and (self.step_size != "fixed" or self.per_tensor_lr):
+            raise ConfigError("inner.step_scales applies to step_size: fixed without per_tensor_lr only")
         if self.num_inner_steps < 0:
             raise ConfigError(f"inner.num_inner_steps must be >= 0, got {self.num_inner_steps}")
         if self.per_tensor_lr and self.step_size != "fixed":

@@ -321,7 +321,7 @@ def make_inner_loop(config: InnerConfig, params: Params) -> tuple[InnerLoop, Lea
                 raise ValueError(f"inner.per_tensor_lr names unknown parameters {sorted(unknown)}; known: {sorted(params)}")
             step_size = PerTensorStepSize(dict(config.per_tensor_lr), default=config.inner_lr)
         else:
-            step_size = ConstantStepSize(config.inner_lr)
+            step_size = ConstantStepSize(config.inner_lr, tuple(float(x) for x in config.step_scales))
     else:
         learned = LearnedStepSize(params, config.inner_lr, per_element=config.step_size == "learned_per_element")
         step_size = learned

@@ -246,3 +246,20 @@ def test_zero_steps_returns_expanded_initial_parameters():
     out = InnerLoop(ConstantStepSize(0.1), num_steps=0).adapt(params, model.task_losses, None, num_tasks=3)
     for k, v in params.items():
         assert out[k].shape == (3, *v.shape) and torch.equal(out[k][2], v)
+
+
+def test_config_step_scales_set_each_inner_step():
+    """inner.step_scales [1, 0.5]: the second step moves by exactly half of alpha times its gradient."""
+    from rl_maml.config import ConfigError, InnerConfig
+    from rl_maml.inner import make_inner_loop
+
+    w0 = torch.tensor([3.0])
+    inner, _ = make_inner_loop(InnerConfig(inner_lr=0.1, num_inner_steps=3, step_scales=[1.0, 0.5]), {"w": w0})
+    assert [inner.step_size(s, "w") for s in range(3)] == [0.1, 0.05, 0.05]
+    out = inner.adapt({"w": w0}, lambda p, d: (p["w"] ** 2).sum(-1) / 2, None, num_tasks=1)
+    # d/dw (w^2/2) = w: w <- w (1 - lr) per step
+    assert out["w"].item() == pytest.approx(3.0 * 0.9 * 0.95 * 0.95)
+    with pytest.raises(ConfigError, match="inner.step_scales must be finite numbers >= 0"):
+        InnerConfig(step_scales=[1.0, -0.5])
+    with pytest.raises(ConfigError, match="step_scales applies to step_size: fixed"):
+        InnerConfig(step_scales=[1.0], step_size="learned")
