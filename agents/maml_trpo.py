@@ -66,20 +66,20 @@ class MAMLTRPOAgent:
         """One meta-iteration: sample, adapt (fresh episodes after each step), TRPO meta-step."""
         t0 = time.perf_counter()
         tasks = self.sample_tasks(iteration)
-        params, train, t_sample, t_adapt = self.meta.params(), [], 0.0, 0.0
+        states, train, t_sample, t_adapt = [self.meta.params()], [], 0.0, 0.0
         for s in range(self.meta.inner.num_steps):
             t1 = time.perf_counter()
-            train.append(self._sample(params, tasks, iteration, s))
+            train.append(self._sample(states[-1], tasks, iteration, s))
             t2 = time.perf_counter()
-            params = self.meta.adapt_step(params, train[-1], s)  # keeps the graph for the meta-step
+            states.append(self.meta.adapt_step(states[-1], train[-1], s))  # keeps the graph for the meta-step
             t_sample, t_adapt = t_sample + t2 - t1, t_adapt + time.perf_counter() - t2
         t1 = time.perf_counter()
-        valid = self._sample(params, tasks, iteration, "valid")
+        valid = self._sample(states[-1], tasks, iteration, "valid")
         t2 = time.perf_counter()
         sampling_threads = torch.get_num_threads()
         torch.set_num_threads(self.meta_step_threads)
         try:
-            logs = self.meta.meta_step(train, valid, adapted=params)
+            logs = self.meta.meta_step(train, valid, adapted=states)
         finally:
             torch.set_num_threads(sampling_threads)
         t3 = time.perf_counter()

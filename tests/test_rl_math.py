@@ -138,17 +138,18 @@ def test_fisher_vector_product_through_the_adaptation_graph(float64):
     assert torch.allclose(fvp(v), hessian @ v, atol=1e-9)
 
 
-@pytest.mark.parametrize("case", ["one step", "two steps", "masked", "first order"])
+@pytest.mark.parametrize("case", ["one step", "two steps", "masked", "first order", "every step",
+                                  "every step, three", "every step, first order"])
 def test_structured_fvp_equals_autograd_through_the_full_graph(float64, case):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
     mask = AdaptationMask.only({"mean.layers.2.weight", "mean.layers.2.bias"}) if case == "masked" else None
-    steps = 2 if case == "two steps" else 1
-    inner = InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), steps, first_order=case == "first order", mask=mask)
-    meta = MAMLTRPO(policy, inner, TRPOSettings())
+    steps = 3 if "three" in case else 2 if case in ("two steps", "every step", "every step, first order") else 1
+    inner = InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), steps, first_order="first order" in case, mask=mask)
+    meta = MAMLTRPO(policy, inner, TRPOSettings(surrogate_steps="every" if "every" in case else "final"))
     train, valid = [tiny_episodes(seed=1 + s) for s in range(steps)], tiny_episodes(seed=9)
     params = list(policy.parameters())
-    _, kl, old = meta.surrogate(meta.adapt(train), valid)
+    _, kl, old = meta.meta_objective(meta.adapt_all(train), train, valid)
     reference = fisher_vector_product(kl, params, damping=0.01)
     structured = meta.fisher_vector_product(train, valid, damping=0.01)
     for seed in range(3):
@@ -196,6 +197,35 @@ def test_meta_step_improves_surrogate_or_leaves_parameters():
     assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
 
 
+def test_every_step_objective_scores_each_adapted_policy_on_its_own_episodes(float64):
+    """surrogate_steps="every": the mean over steps k = 1..S of the k-step policy's surrogate on the
+    episodes it sampled (train[k], valid for k = S); "final" scores the last one only."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
+    inner = InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), 3)
+    train, valid = [tiny_episodes(seed=1 + s) for s in range(3)], tiny_episodes(seed=9)
+    every = MAMLTRPO(policy, inner, TRPOSettings(surrogate_steps="every"))
+    final = MAMLTRPO(policy, inner, TRPOSettings())
+    states = every.adapt_all(train)
+    assert every.scored_steps(3) == [1, 2, 3] and final.scored_steps(3) == [3] and every.scored_steps(0) == [0]
+    parts = [every.surrogate(states[1], train[1]), every.surrogate(states[2], train[2]),
+             every.surrogate(states[3], valid)]
+    loss, kl, _ = every.meta_objective(states, train, valid)
+    assert torch.allclose(loss, sum(p[0] for p in parts) / 3) and kl.abs() < 1e-12
+    assert torch.allclose(final.meta_objective(states, train, valid)[0], parts[2][0])
+    # The meta-step on the averaged objective improves it, or leaves the parameters as they were.
+    before = [p.detach().clone() for p in policy.parameters()]
+    logs = every.meta_step(train, valid)
+    if logs["charts/ls_accepted"]:
+        assert logs["losses/surrogate_after"] < logs["losses/surrogate_before"] and logs["losses/kl_after"] < 0.01
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(before, policy.parameters()))
+    with pytest.raises(ValueError, match="surrogate_steps must be 'final' or 'every'"):
+        TRPOSettings(surrogate_steps="last")
+    with pytest.raises(ValueError, match="after 0..3 steps"):
+        every.meta_step(train, valid, adapted=states[1:])
+
+
 def test_log_prob_and_kl_against_torch_distributions():
     mean, log_std = torch.randn(4, 3), torch.randn(4, 3) * 0.3
     a = torch.randn(4, 3)
@@ -219,30 +249,53 @@ def test_output_init_scale_starts_the_mean_near_zero():
 
 
 def test_fvp_subsample_uses_the_first_episodes(float64):
-    """With fvp_subsample the curvature comes from the first episodes of each task only."""
+    """With fvp_subsample the curvature comes from the first episodes of each task only, taken at
+    the parameters adapted on all episodes: ``J_sub^T F_sub J_sub`` with ``J_sub = I - alpha H_sub``."""
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
-    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings(fvp_subsample=0.3))
+    alpha = 0.3
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(alpha), 1), TRPOSettings(fvp_subsample=0.3))
     train, valid = [tiny_episodes(seed=1)], tiny_episodes(seed=9)  # B = 3 episodes: the first one is kept
     sub_train, sub_valid = [train[0].first_episodes(1)], valid.first_episodes(1)
     assert sub_valid.obs.shape[2] == 1 and torch.equal(sub_valid.obs[:, :, 0], valid.obs[:, :, 0])
-    # The subsampled product is the exact Fisher (through the adaptation) of the subsample.
-    _, kl, _ = meta.surrogate(meta.adapt(sub_train), sub_valid)
-    expected = fisher_vector_product(kl, list(policy.parameters()), meta.trpo.cg_damping)
+    names = [n for n, _ in policy.named_parameters()]
+    shapes = [p.shape for p in policy.parameters()]
+    M = valid.num_tasks
+    theta0 = flat([p.detach() for p in policy.parameters()])
+    full = {k: v.detach() for k, v in meta.adapt(train).items()}  # adapted on all episodes
+    _, _, old = meta.surrogate(full, sub_valid)
+
+    def unflatten(theta):
+        chunks = torch.split(theta, [math.prod(sh) for sh in shapes])
+        return {n: c.view(sh).unsqueeze(0).expand(M, *sh) for n, c, sh in zip(names, chunks, shapes)}
+
+    def sub_grads(expanded):
+        return torch.autograd.grad(meta.inner_loss(expanded, sub_train[0]).sum(), list(expanded.values()),
+                                   create_graph=True)
+
+    base, g0 = unflatten(theta0), [g.detach() for g in sub_grads(unflatten(theta0.clone().requires_grad_(True)))]
+
+    def kl_of(theta):  # equals the full-data adapted point at theta0, with the subsample's Jacobian
+        expanded = unflatten(theta)
+        moved = {n: full[n] + (expanded[n] - base[n]) - alpha * (g - g_0)
+                 for n, g, g_0 in zip(names, sub_grads(expanded), g0)}
+        return meta.surrogate(moved, sub_valid, old)[1]
+
+    hessian = torch.autograd.functional.hessian(kl_of, theta0)
     calls = []
     original = meta.fisher_vector_product
 
-    def spy(tr, va, damping):
+    def spy(tr, va, damping, states=None):
         calls.append((tr[0].obs.shape, va.obs.shape))
-        fvp = original(tr, va, damping)
-        v = torch.randn(sum(p.numel() for p in policy.parameters()))
-        assert torch.allclose(fvp(v), expected(v), atol=1e-10)
+        fvp = original(tr, va, damping, states=states)
+        v = torch.randn(theta0.numel())
+        assert torch.allclose(fvp(v), hessian @ v + damping * v, atol=1e-10)
         return fvp
 
     meta.fisher_vector_product = spy
     evaluated = []
-    original_adapt = meta.adapt
-    meta.adapt = lambda tr, **kw: evaluated.append(tr[0].obs.shape) or original_adapt(tr, **kw)
+    original_adapt = meta.adapt_all
+    meta.adapt_all = lambda tr, *a, **kw: evaluated.append(tr[0].obs.shape) or original_adapt(tr, *a, **kw)
     logs = meta.meta_step(train, valid)
     assert calls == [(sub_train[0].obs.shape, sub_valid.obs.shape)]
     # The gradient and the line search use every episode.

@@ -41,12 +41,20 @@ class TRPOSettings:
     fvp_subsample: float = 1.0
     """Fraction of each task's episodes used for the Fisher-vector products (the gradient and the
     line search use all); 1.0 is exact, smaller values trade curvature accuracy for speed."""
+    surrogate_steps: str = "final"
+    """Which adapted policies the meta-step scores. ``final``: the policy after the last inner step,
+    on the validation episodes (MAML). ``every``: the mean over inner steps 1..S of each adapted
+    policy's surrogate and KL, each on the episodes sampled from that policy (the next step's
+    training episodes, the validation episodes for the last); no extra sampling. With several
+    inner steps it trains every evaluation step, not just the last."""
 
     def __post_init__(self) -> None:
         if not (self.max_kl > 0 and self.cg_iters >= 1 and self.cg_damping >= 0 and self.ls_max_steps >= 1
                 and 0 < self.ls_backtrack_ratio < 1 and 0 < self.fvp_subsample <= 1):
             raise ValueError("need max_kl > 0, cg_iters >= 1, cg_damping >= 0, ls_max_steps >= 1, "
                              f"0 < ls_backtrack_ratio < 1 and 0 < fvp_subsample <= 1, got {self}")
+        if self.surrogate_steps not in ("final", "every"):
+            raise ValueError(f"surrogate_steps must be 'final' or 'every', got {self.surrogate_steps!r}")
 
 
 def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -90,10 +98,38 @@ class MAMLTRPO:
 
     def adapt(self, train: list[Episodes], create_graph: bool | None = None) -> Params:
         """Adapted parameters ``[M, ...]`` after one step per list entry, from the current policy."""
-        params = self.params()
+        return self.adapt_all(train, create_graph)[-1]
+
+    def adapt_all(self, train: list[Episodes], create_graph: bool | None = None) -> list[Params]:
+        """The parameters after 0, 1, ..., len(train) steps (the first entry is the shared initial one)."""
+        states = [self.params()]
         for s, episodes in enumerate(train):
-            params = self.adapt_step(params, episodes, s, create_graph=create_graph)
-        return params
+            states.append(self.adapt_step(states[-1], episodes, s, create_graph=create_graph))
+        return states
+
+    def scored_steps(self, num_steps: int) -> list[int]:
+        """Step counts whose adapted policies the meta-step scores (see ``TRPOSettings.surrogate_steps``)."""
+        if self.trpo.surrogate_steps == "every" and num_steps > 0:
+            return list(range(1, num_steps + 1))
+        return [num_steps]
+
+    @staticmethod
+    def scoring_episodes(train: list[Episodes], valid: Episodes, k: int) -> Episodes:
+        """The episodes sampled from the policy after ``k`` steps: ``train[k]``, or ``valid`` after the last."""
+        return train[k] if k < len(train) else valid
+
+    def meta_objective(self, states: list[Params], train: list[Episodes], valid: Episodes,
+                       old: list[tuple[Tensor, Tensor]] | None = None
+                       ) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor]]]:
+        """Surrogate and KL averaged over the scored steps (``states`` from :meth:`adapt_all`)."""
+        losses, kls, olds = [], [], []
+        for i, k in enumerate(self.scored_steps(len(train))):
+            loss, kl, o = self.surrogate(states[k], self.scoring_episodes(train, valid, k),
+                                         None if old is None else old[i])
+            losses.append(loss)
+            kls.append(kl)
+            olds.append(o)
+        return torch.stack(losses).mean(), torch.stack(kls).mean(), olds
 
     # -- outer loop ---------------------------------------------------------------------------
     def surrogate(self, adapted: Params, valid: Episodes, old: tuple[Tensor, Tensor] | None = None
@@ -118,8 +154,8 @@ class MAMLTRPO:
         kl = _masked_task_mean(kl_divergence(*old, mean, log_std), mask).mean()
         return loss, kl, old
 
-    def fisher_vector_product(self, train: list[Episodes], valid: Episodes, damping: float
-                              ) -> Callable[[Tensor], Tensor]:
+    def fisher_vector_product(self, train: list[Episodes], valid: Episodes, damping: float,
+                              states: list[Params] | None = None) -> Callable[[Tensor], Tensor]:
         """``v -> (F + damping I) v`` for the Fisher of the adapted policies w.r.t. the initial parameters.
 
         At the current parameters the KL's gradient w.r.t. the adapted parameters is zero, so the
@@ -128,74 +164,100 @@ class MAMLTRPO:
         (``H_s`` the per-task Hessian of step s's inner loss). Each product then costs two
         Hessian-vector products per inner step and one through the KL, all second order, instead
         of autograd's third-order pass through the whole graph. First-order MAML uses ``J = I``.
-        Equal to :func:`~rl_maml.rl.trpo.fisher_vector_product` on the full graph (tested).
+        With ``surrogate_steps="every"`` the KL is the mean over the scored steps k, whose Hessian
+        is the mean of ``J_k^T F'_k J_k``: one more KL product per extra step, the Jacobian
+        products shared. Equal to :func:`~rl_maml.rl.trpo.fisher_vector_product` on the full
+        graph (tested).
 
-        The reference distribution of the KL is the one the adapted parameters give on
-        ``valid``, so a subsample of the episodes (``train`` and ``valid`` alike) gives the
-        Fisher of that subsample, still positive semi-definite.
+        ``states`` are the parameters after 0..S steps at which the curvature is taken (default:
+        adapted on ``train``). The meta-step passes the ones adapted on all episodes and a
+        subsample of the episodes (``train`` and ``valid`` alike) as ``train``/``valid``: the
+        product is then the subsample's curvature at the true adapted parameters, still positive
+        semi-definite. (Adapting again on a subsample instead would move the point: with few
+        episodes and several steps, an adapted log-std can overflow.)
         """
         names = list(self.params())
         shared = self.params()
         M = valid.num_tasks
-        steps = []  # (leaves [M, ...], gradients g_s, adapted names, step index)
-        current = expand_params({k: v.detach() for k, v in shared.items()}, M)
+        scored = self.scored_steps(len(train))
+        if states is None:
+            states = self.adapt_all(train, create_graph=False)
+        if len(states) != len(train) + 1:
+            raise ValueError(f"states must hold the parameters after 0..{len(train)} steps, got {len(states)} entries")
+        points = [expand_params({k: v.detach() for k, v in st.items()}, M) if k == 0 else
+                  {n: v.detach() for n, v in st.items()} for k, st in enumerate(states)]
+        points = [{n: v.clone().requires_grad_(True) for n, v in pt.items()} for pt in points]
+        steps = []  # (leaves [M, ...] = point before the step, gradients g_s, adapted names, step index)
         for s, episodes in enumerate(train):
-            leaf = {k: v.detach().requires_grad_(True) for k, v in current.items()}
+            leaf = points[s]
             g = torch.autograd.grad(self.inner_loss(leaf, episodes).sum(), list(leaf.values()),
                                     create_graph=not self.inner.first_order)
-            grads = dict(zip(names, g))
-            adapted_names = set(self.inner.adapted_names(s, leaf))
-            steps.append((leaf, grads, adapted_names, s))
-            current = {n: (leaf[n] - self.inner.step_size(s, n) * grads[n] if n in adapted_names else leaf[n]).detach()
-                       for n in names}
-        final = {k: v.requires_grad_(True) for k, v in current.items()}
-        mean, log_std = self.batched(final, valid.per_task(valid.obs))
-        kl = _masked_task_mean(kl_divergence(mean.detach(), log_std.detach(), mean, log_std),
-                               valid.per_task(valid.mask)).mean()
-        grad_kl = dict(zip(names, torch.autograd.grad(kl, list(final.values()), create_graph=True)))
+            steps.append((leaf, dict(zip(names, g)), set(self.inner.adapted_names(s, leaf)), s))
+        states = points
+        kl_grads = {}  # step count k -> (leaves after k steps, d KL_k / d leaves, with graph)
+        for k in scored:
+            episodes = self.scoring_episodes(train, valid, k)
+            mean, log_std = self.batched(states[k], episodes.per_task(episodes.obs))
+            kl = _masked_task_mean(kl_divergence(mean.detach(), log_std.detach(), mean, log_std),
+                                   episodes.per_task(episodes.mask)).mean()
+            kl_grads[k] = (states[k], dict(zip(names, torch.autograd.grad(kl, list(states[k].values()),
+                                                                          create_graph=True))))
 
         def hvp(step, u: Params) -> Params:
             leaf, grads, _, _ = step
             dot = sum((grads[n] * u[n]).sum() for n in names)
             return dict(zip(names, torch.autograd.grad(dot, list(leaf.values()), retain_graph=True)))
 
+        def kl_hvp(k: int, u: Params) -> Params:
+            leaves, grad_kl = kl_grads[k]
+            dot = sum((grad_kl[n] * u[n]).sum() for n in names)
+            return dict(zip(names, torch.autograd.grad(dot, list(leaves.values()), retain_graph=True)))
+
         shapes = [shared[n].shape for n in names]
+        second_order = not self.inner.first_order
 
         def fvp(v: Tensor) -> Tensor:
             chunks = torch.split(v, [math.prod(sh) for sh in shapes])
             u = {n: c.view(sh).unsqueeze(0).expand(M, *sh) for n, c, sh in zip(names, chunks, shapes)}
-            if not self.inner.first_order:
-                for step in steps:  # u <- J_s u = u - alpha_s (H_s u) on the adapted tensors
+            pushed = [u]  # J_{1..k} u for k = 0..S
+            for step in steps:  # u <- J_s u = u - alpha_s (H_s u) on the adapted tensors
+                if second_order:
                     hu, adapted_names, s = hvp(step, u), step[2], step[3]
                     u = {n: u[n] - self.inner.step_size(s, n) * hu[n] if n in adapted_names else u[n] for n in names}
-            dot = sum((grad_kl[n] * u[n]).sum() for n in names)
-            w = dict(zip(names, torch.autograd.grad(dot, list(final.values()), retain_graph=True)))
-            if not self.inner.first_order:
-                for step in reversed(steps):  # w <- J_s^T w = w - H_s (alpha_s w on the adapted tensors)
-                    adapted_names, s = step[2], step[3]
+                pushed.append(u)
+            w = {n: torch.zeros_like(pushed[0][n]) for n in names}
+            for k in range(len(steps), -1, -1):
+                if k in kl_grads:
+                    w = {n: w[n] + f for n, f in kl_hvp(k, pushed[k]).items()}
+                if k > 0 and second_order:  # w <- J_k^T w = w - H_k (alpha_k w on the adapted tensors)
+                    adapted_names, s = steps[k - 1][2], steps[k - 1][3]
                     z = {n: self.inner.step_size(s, n) * w[n] if n in adapted_names else torch.zeros_like(w[n])
                          for n in names}
-                    hz = hvp(step, z)
+                    hz = hvp(steps[k - 1], z)
                     w = {n: w[n] - hz[n] for n in names}
-            return flat([w[n].sum(0) for n in names]) + damping * v
+            return flat([w[n].sum(0) for n in names]) / len(scored) + damping * v
 
         return fvp
 
-    def meta_step(self, train: list[Episodes], valid: Episodes, adapted: Params | None = None) -> dict[str, float]:
+    def meta_step(self, train: list[Episodes], valid: Episodes, adapted: list[Params] | None = None
+                  ) -> dict[str, float]:
         """One TRPO step on the initial parameters; leaves them unchanged if no step is accepted.
 
         Args:
             train: training episodes of each inner step (with advantages).
             valid: validation episodes of the adapted policies (with advantages).
-            adapted: the adapted parameters with their graph, if already computed.
+            adapted: the parameters after 0..S inner steps with their graph (:meth:`adapt_all`), if
+                already computed.
 
         Raises:
             FloatingPointError: a non-finite loss, gradient or step (the parameters are unchanged).
         """
         params = list(self.policy.parameters())
         if adapted is None:
-            adapted = self.adapt(train)
-        loss, _, old = self.surrogate(adapted, valid)
+            adapted = self.adapt_all(train)
+        if len(adapted) != len(train) + 1:
+            raise ValueError(f"adapted must hold the parameters after 0..{len(train)} steps, got {len(adapted)} entries")
+        loss, _, old = self.meta_objective(adapted, train, valid)
         # Step sizes that are tensors requiring grad (Alpha MAML's alpha) get d(surrogate)/d(alpha)
         # from the same backward pass, left in their .grad for the agent to use.
         online = [t for t in getattr(self.inner.step_size, "parameters", tuple)() if t.requires_grad]
@@ -212,7 +274,7 @@ class MAMLTRPO:
             train_fvp, valid_fvp = [e.first_episodes(count) for e in train], valid.first_episodes(count)
         else:
             train_fvp, valid_fvp = train, valid
-        fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping)
+        fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping, states=adapted)
         step_dir, residual = conjugate_gradient(fvp, grads, self.trpo.cg_iters)
         shs = 0.5 * (step_dir @ (grads - residual))  # = x^T F x / 2, without another product
         _require_finite(step=step_dir, curvature=shs)
@@ -221,7 +283,7 @@ class MAMLTRPO:
         full_step = step_dir / torch.sqrt(shs / self.trpo.max_kl)
 
         def evaluate() -> tuple[float, float]:
-            new_loss, new_kl, _ = self.surrogate(self.adapt(train, create_graph=False), valid, old)
+            new_loss, new_kl, _ = self.meta_objective(self.adapt_all(train, create_graph=False), train, valid, old)
             return new_loss.item(), new_kl.item()
 
         accepted, steps, new_loss, new_kl = line_search(
