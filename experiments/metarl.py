@@ -187,10 +187,8 @@ def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:
         raise ConfigError("inner.step_size: learned step sizes are not supported by MAML-TRPO yet; use fixed")
 
     def alpha_maml() -> MAMLTRPOAgent:
-        if cfg.inner.step_scales:
-            raise ConfigError("inner.step_scales does not apply to method=alpha_maml (its alphas are learned)")
         step_size = HypergradientStepSize(params_of(policy), cfg.inner.inner_lr, cfg.variant.alpha_granularity,
-                                          cfg.variant.alpha_hyper_lr)
+                                          cfg.variant.alpha_hyper_lr, step_scales=tuple(cfg.inner.step_scales))
         alpha_inner = InnerLoop(step_size, inner.num_steps, inner.first_order, inner.mask)
         return AlphaMAMLTRPOAgent(env, policy, alpha_inner, cfg.trpo, t.meta_batch_size, t.fast_batch_size, t.gamma,
                                   t.gae_lambda, cfg.seed, t.meta_step_threads)

@@ -63,10 +63,12 @@ class HypergradientStepSize(nn.Module):
             sharing a module path, e.g. a weight and its bias), or one per tensor (``tensor``).
         hyper_lr: the hypergradient step size for alpha.
         min_value: the smallest alpha an update may produce (larger than 0).
+        step_scales: fixed multipliers of alpha per inner step (steps past the end use the last);
+            ``(1.0, 0.5)`` steps with alpha, then alpha/2. The hypergradient includes the scale.
     """
 
     def __init__(self, params: Params, init: float, granularity: Granularity = "scalar", hyper_lr: float = 1e-4,
-                 min_value: float = 1e-6):
+                 min_value: float = 1e-6, step_scales: tuple[float, ...] = ()):
         super().__init__()
         if not (math.isfinite(init) and init > 0):
             raise ValueError(f"initial alpha must be a finite number > 0, got {init}")
@@ -82,12 +84,18 @@ class HypergradientStepSize(nn.Module):
         })
         self.hyper_lr = hyper_lr
         self.min_value = min_value
+        if any(not (math.isfinite(x) and x >= 0) for x in step_scales):
+            raise ValueError(f"step scales must be finite numbers >= 0, got {step_scales}")
+        self.step_scales = tuple(float(x) for x in step_scales)
 
     def alpha(self, group: str) -> Tensor:
         return self.alphas[group.replace(".", "__")]
 
     def __call__(self, step: int, name: str) -> Tensor:  # type: ignore[override]
-        return self.alpha(self.group_of[name])
+        alpha = self.alpha(self.group_of[name])
+        if not self.step_scales:
+            return alpha
+        return alpha * self.step_scales[min(step, len(self.step_scales) - 1)]
 
     def as_dict(self) -> dict[str, float]:
         return {g: self.alpha(g).item() for g in self.groups}

@@ -156,3 +156,18 @@ def test_alpha_grid_script_quick(tmp_path):
     assert all(abs(a["score"] - m) < 0.5 for a, m in zip(cells, maml))
     assert json.loads((tmp_path / "results.json").read_text())["summary"]["maml"]["cells"] == 4
     assert (tmp_path / "grid.png").stat().st_size > 10_000
+
+
+def test_hypergradient_step_size_follows_step_scales():
+    """step_scales (1, 0.5): alpha at step 0, alpha/2 after; the hypergradient carries the scale."""
+    import torch
+
+    from rl_maml.hypergradient import HypergradientStepSize
+
+    params = {"w": torch.zeros(2), "b": torch.zeros(1)}
+    step_size = HypergradientStepSize(params, 0.4, "scalar", step_scales=(1.0, 0.5))
+    assert step_size(0, "w").item() == pytest.approx(0.4) and step_size(3, "b").item() == pytest.approx(0.2)
+    (grad,) = torch.autograd.grad(step_size(1, "w") * 3.0, [step_size.alpha(step_size.groups[0])])
+    assert grad.item() == pytest.approx(1.5)
+    with pytest.raises(ValueError, match="step scales must be finite numbers >= 0"):
+        HypergradientStepSize(params, 0.4, step_scales=(1.0, -1.0))

@@ -170,7 +170,7 @@ def test_pattern_search_script_on_a_navigation_run(tmp_path):
     run = tmp_path / "nav"
     assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=1",
                  "train.meta_batch_size=2", "train.fast_batch_size=2", "env.horizon=8", "policy.hidden_sizes=[8]",
-                 "eval.fast_batch_size=2"]) == 0
+                 "eval.fast_batch_size=2", "inner.num_inner_steps=1"]) == 0
     results = lambda_patterns.main([str(run), "--val-tasks", "2", "--repeats", "1"])
     assert results["benchmark"] == "metarl" and len(results["rows"]) == 3  # 2^2 - 1 subsets of 2 layers
     assert {r["pattern"] for r in results["rows"]} == {"xx", ".x", "x."}

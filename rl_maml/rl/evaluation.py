@@ -35,7 +35,8 @@ def adaptation_returns(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tenso
         base = inner_lr
 
         def step_size(step: int, name: str) -> Tensor:
-            return torch.as_tensor(base(step, name)).detach() * step_scales[min(step, len(step_scales) - 1)]
+            # The object's first-step value (its own per-step schedule, if any, is replaced by step_scales).
+            return torch.as_tensor(base(0, name)).detach() * step_scales[min(step, len(step_scales) - 1)]
 
     meta = MAMLTRPO(policy, InnerLoop(step_size, first_order=True, mask=mask), TRPOSettings())
     M = len(next(iter(tasks.values())))
