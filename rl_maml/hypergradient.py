@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from rl_maml.aliases import Params
+from rl_maml.inner import _check_rate, step_scale
 
 Granularity = Literal["scalar", "layer", "tensor"]
 
@@ -84,18 +85,14 @@ class HypergradientStepSize(nn.Module):
         })
         self.hyper_lr = hyper_lr
         self.min_value = min_value
-        if any(not (math.isfinite(x) and x >= 0) for x in step_scales):
-            raise ValueError(f"step scales must be finite numbers >= 0, got {step_scales}")
-        self.step_scales = tuple(float(x) for x in step_scales)
+        self.step_scales = tuple(_check_rate(x, "step scale") for x in step_scales)
 
     def alpha(self, group: str) -> Tensor:
         return self.alphas[group.replace(".", "__")]
 
     def __call__(self, step: int, name: str) -> Tensor:  # type: ignore[override]
         alpha = self.alpha(self.group_of[name])
-        if not self.step_scales:
-            return alpha
-        return alpha * self.step_scales[min(step, len(self.step_scales) - 1)]
+        return alpha * step_scale(self.step_scales, step) if self.step_scales else alpha
 
     def as_dict(self) -> dict[str, float]:
         return {g: self.alpha(g).item() for g in self.groups}

@@ -59,6 +59,11 @@ def _check_rate(value: float, what: str) -> float:
     return value
 
 
+def step_scale(step_scales: Sequence[float], step: int) -> float:
+    """The multiplier of inner step ``step``: ``step_scales[step]``, the last one past the end, 1 if empty."""
+    return step_scales[min(step, len(step_scales) - 1)] if step_scales else 1.0
+
+
 @dataclass(frozen=True)
 class ConstantStepSize:
     """One scalar step size for every tensor.
@@ -78,9 +83,7 @@ class ConstantStepSize:
             _check_rate(s, "step scale")
 
     def __call__(self, step: int, name: str) -> float:
-        if not self.step_scales:
-            return self.value
-        return self.value * self.step_scales[min(step, len(self.step_scales) - 1)]
+        return self.value * step_scale(self.step_scales, step)
 
 
 @dataclass(frozen=True)

@@ -169,5 +169,5 @@ def test_hypergradient_step_size_follows_step_scales():
     assert step_size(0, "w").item() == pytest.approx(0.4) and step_size(3, "b").item() == pytest.approx(0.2)
     (grad,) = torch.autograd.grad(step_size(1, "w") * 3.0, [step_size.alpha(step_size.groups[0])])
     assert grad.item() == pytest.approx(1.5)
-    with pytest.raises(ValueError, match="step scales must be finite numbers >= 0"):
+    with pytest.raises(ValueError, match="step scale must be a finite number >= 0"):
         HypergradientStepSize(params, 0.4, step_scales=(1.0, -1.0))

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
-from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop, StepSize
+from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop, StepSize, step_scale
 from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes
 from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
@@ -36,7 +36,7 @@ def adaptation_returns(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tenso
 
         def step_size(step: int, name: str) -> Tensor:
             # The object's first-step value (its own per-step schedule, if any, is replaced by step_scales).
-            return torch.as_tensor(base(0, name)).detach() * step_scales[min(step, len(step_scales) - 1)]
+            return torch.as_tensor(base(0, name)).detach() * step_scale(step_scales, step)
 
     meta = MAMLTRPO(policy, InnerLoop(step_size, first_order=True, mask=mask), TRPOSettings())
     M = len(next(iter(tasks.values())))

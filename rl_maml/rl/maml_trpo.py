@@ -184,16 +184,15 @@ class MAMLTRPO:
             states = self.adapt_all(train, create_graph=False)
         if len(states) != len(train) + 1:
             raise ValueError(f"states must hold the parameters after 0..{len(train)} steps, got {len(states)} entries")
-        points = [expand_params({k: v.detach() for k, v in st.items()}, M) if k == 0 else
-                  {n: v.detach() for n, v in st.items()} for k, st in enumerate(states)]
-        points = [{n: v.clone().requires_grad_(True) for n, v in pt.items()} for pt in points]
-        steps = []  # (leaves [M, ...] = point before the step, gradients g_s, adapted names, step index)
+        # Fresh leaves [M, ...] at the parameters after 0..S steps (the initial ones expanded).
+        states = [{n: (expand_params({n: v}, M)[n] if k == 0 else v).detach().clone().requires_grad_(True)
+                   for n, v in st.items()} for k, st in enumerate(states)]
+        steps = []  # (leaves before the step, gradients g_s, adapted names, step index)
         for s, episodes in enumerate(train):
-            leaf = points[s]
+            leaf = states[s]
             g = torch.autograd.grad(self.inner_loss(leaf, episodes).sum(), list(leaf.values()),
                                     create_graph=not self.inner.first_order)
             steps.append((leaf, dict(zip(names, g)), set(self.inner.adapted_names(s, leaf)), s))
-        states = points
         kl_grads = {}  # step count k -> (leaves after k steps, d KL_k / d leaves, with graph)
         for k in scored:
             episodes = self.scoring_episodes(train, valid, k)
