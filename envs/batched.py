@@ -107,11 +107,12 @@ class BatchedLocomotion:
         if not np.isfinite(a).all():
             raise ValueError("actions contain NaN or infinite values; check the policy's outputs")
         live = self.alive.copy()
-        self.ctrl[:] = self.proto.control(a)
+        control = self.proto.control(a)
+        self.ctrl[:] = control
         qpos_before = self.qpos.copy()
         self.batch.step(ids=None if live.all() else np.flatnonzero(live), nstep=self.frame_skip)
-        reward, terms = step_reward(self.robot, self.env_cls.forward_reward, self.task, qpos_before, self.qpos, a,
-                                    self.cfrc_ext, self.dt)
+        reward, terms = step_reward(self.robot, self.env_cls.forward_reward, self.task, qpos_before, self.qpos,
+                                    self.proto.cost_action(a, control), self.cfrc_ext, self.dt)
         obs = self._observe()
         self._obs = np.where(live[:, None], obs, self._obs)
         terminated = self.robot.terminated(self.qpos, self.qvel) & live

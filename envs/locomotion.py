@@ -8,13 +8,15 @@ batched arrays (leading axis N) so that the single envs and the batched stepper
 
 Two conventions, whose returns are not comparable (say which one every result used):
 
-| convention | horizon | HalfCheetah time step | Ant time step | actions |
-|---|---|---|---|---|
-| ``maml`` (MAML paper, rllab) | 200 | 0.01 (frame skip 1) | 0.05 (frame skip 5) | used as given |
-| ``gym`` (pytorch-maml-rl, ProMP) | 100 | 0.05 (frame skip 5) | 0.05 (frame skip 5) | scaled by 10 |
+| convention | horizon | HalfCheetah time step | Ant time step | actions | control cost on |
+|---|---|---|---|---|---|
+| ``maml`` (MAML paper, rllab) | 200 | 0.01 (frame skip 1) | 0.05 (frame skip 5) | used as given | the clipped action |
+| ``gym`` (pytorch-maml-rl, ProMP) | 100 | 0.05 (frame skip 5) | 0.05 (frame skip 5) | scaled by 10 | the action as passed |
 
-In both, the control sent to MuJoCo is ``clip(action_scale * action, -1, 1)`` and the control
-cost is computed on the action as passed to ``step``. The Ant uses Gymnasium's model in both
+In both, the control sent to MuJoCo is ``clip(action_scale * action, -1, 1)``. In ``maml``, the
+control cost is computed on that clipped control divided by ``action_scale`` (rllab's ``normalize``
+wrapper clipped the policy's action before the environment computed its cost, so an action
+beyond the limits costs no more than the limit); in ``gym``, on the action as passed to ``step``. The Ant uses Gymnasium's model in both
 conventions (rllab's ant model is not reproduced).
 """
 
@@ -49,12 +51,13 @@ class Convention:
     horizon: int
     action_scale: float
     frame_skip: int
+    cost_on_clipped: bool = False  # control cost on clip(action) (rllab) instead of the raw action
 
 
 _CONVENTIONS = {
-    # name: (horizon, action_scale, {robot: frame_skip})
-    "maml": (200, 1.0, {"half_cheetah": 1, "ant": 5}),
-    "gym": (100, 10.0, {"half_cheetah": 5, "ant": 5}),
+    # name: (horizon, action_scale, {robot: frame_skip}, cost_on_clipped)
+    "maml": (200, 1.0, {"half_cheetah": 1, "ant": 5}, True),
+    "gym": (100, 10.0, {"half_cheetah": 5, "ant": 5}, False),
 }
 
 
@@ -63,14 +66,14 @@ def resolve_convention(robot: str, convention: str, horizon: int | None = None,
     """The settings of ``convention`` for ``robot``, with optional overrides."""
     if convention not in _CONVENTIONS:
         raise ValueError(f"convention must be one of {sorted(_CONVENTIONS)}, got {convention!r}")
-    default_h, default_scale, skips = _CONVENTIONS[convention]
+    default_h, default_scale, skips, cost_on_clipped = _CONVENTIONS[convention]
     horizon = default_h if horizon is None else horizon
     action_scale = default_scale if action_scale is None else action_scale
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     if not (np.isfinite(action_scale) and action_scale > 0):
         raise ValueError(f"action_scale must be a finite number > 0, got {action_scale}")
-    return Convention(convention, int(horizon), float(action_scale), skips[robot])
+    return Convention(convention, int(horizon), float(action_scale), skips[robot], cost_on_clipped)
 
 
 def load_model(robot: str) -> mujoco.MjModel:
@@ -236,13 +239,18 @@ class LocomotionEnv(TaskEnvMixin, MujocoEnv):
     def control(self, action: np.ndarray) -> np.ndarray:
         return np.clip(self.convention.action_scale * action, self._ctrl_low, self._ctrl_high)
 
+    def cost_action(self, action: np.ndarray, control: np.ndarray) -> np.ndarray:
+        """The action the control cost is computed on (see the module docstring's table)."""
+        return control / self.convention.action_scale if self.convention.cost_on_clipped else action
+
     def step(self, action):
         action = check_action(action, self.action_space.shape)
         qpos_before = self.data.qpos[None].copy()
-        self.do_simulation(self.control(action), self.frame_skip)
+        control = self.control(action)
+        self.do_simulation(control, self.frame_skip)
         task = {k: v[None] for k, v in self._task.items()}
         reward, terms = step_reward(self.ROBOT, type(self).forward_reward, task, qpos_before, self.data.qpos[None],
-                                    action[None], self.data.cfrc_ext[None], self.dt)
+                                    self.cost_action(action, control)[None], self.data.cfrc_ext[None], self.dt)
         terminated = bool(self.ROBOT.terminated(self.data.qpos[None], self.data.qvel[None])[0])
         self._steps += 1
         truncated = not terminated and self._steps >= self.horizon
@@ -262,7 +270,8 @@ _CHEETAH_DOC = """
     ## Action Space
 
     ``Box(-1, 1, (6,))``: torques of the six hinges. MuJoCo receives
-    ``clip(action_scale * action, -1, 1)``; NaN or infinite actions raise ``ValueError``.
+    ``clip(action_scale * action, -1, 1)``; NaN or infinite actions raise ``ValueError``. The
+    control cost's ``action`` is the clipped one in ``maml`` and the one passed in ``gym``.
 
     ## Episode End
 
@@ -275,7 +284,8 @@ _CHEETAH_DOC = """
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version. Since 2026-11-22 the ``maml`` convention's control cost uses the clipped
+      action, as rllab's did; returns from before then are not comparable.
 """
 
 _ANT_DOC = """
@@ -290,6 +300,7 @@ _ANT_DOC = """
     ## Action Space
 
     ``Box(-1, 1, (8,))``: hinge torques; MuJoCo receives ``clip(action_scale * action, -1, 1)``.
+    The control cost's ``action`` is the clipped one in ``maml`` and the one passed in ``gym``.
 
     ## Episode End
 
@@ -303,7 +314,8 @@ _ANT_DOC = """
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version. Since 2026-11-22 the ``maml`` convention's control cost uses the clipped
+      action, as rllab's did; returns from before then are not comparable.
 """
 
 _ANT_COSTS = ("``ctrl = 0.005 * sum(action^2)``, ``contact = 0.0005 * sum(clip(cfrc_ext, -1, 1)^2)``, "

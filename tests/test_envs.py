@@ -133,6 +133,26 @@ def test_locomotion_rewards_by_hand(name):
     assert reward == pytest.approx(forward + costs)
 
 
+@pytest.mark.parametrize("name", ["HalfCheetahDir", "AntDir"])
+def test_maml_convention_costs_the_clipped_action(name):
+    """rllab clipped the action before the env costed it; ``gym`` costs the action as passed."""
+    dim = make(name).action_space.shape[0]
+    big = np.full(dim, 3.0)
+    big[::2] = -3.0
+    weight = 0.05 if name.startswith("HalfCheetah") else 0.005
+    ctrl = {}
+    for convention in ("maml", "gym"):
+        env = make(name, convention=convention)
+        env.reset(seed=0, options={"task": {"direction": 1.0}})
+        ctrl[convention] = env.step(big)[4]["reward_ctrl"]
+        np.testing.assert_allclose(env.data.ctrl, np.sign(big))  # MuJoCo gets the clipped control in both
+    assert ctrl["maml"] == pytest.approx(-weight * dim)  # |clip(a)| = 1
+    assert ctrl["gym"] == pytest.approx(-weight * dim * 9.0)  # |a| = 3
+    env = make(name, convention="maml", action_scale=0.5)  # cost on clip(0.5 a) / 0.5: |a| <= 2 counts
+    env.reset(seed=0, options={"task": {"direction": 1.0}})
+    assert env.step(big)[4]["reward_ctrl"] == pytest.approx(-weight * dim * 4.0)
+
+
 def test_ant_contact_forces_are_live_and_falling_terminates():
     env = make("AntVel")
     env.reset(seed=0)
@@ -220,12 +240,16 @@ def run_both(name, num, action_scale, seed=0, **kwargs):
     return batched, tasks, seeds, actions, np.array(b_obs), np.array(b_rew), np.array(b_done)
 
 
-@pytest.mark.parametrize("name, nav_convention", [(n, "gym") for n in ALL] + [("Navigation2D", "maml")])
-def test_batched_agrees_with_single_envs(name, nav_convention):
+@pytest.mark.parametrize("name, convention", [(n, "gym") for n in ALL] +
+                         [("Navigation2D", "maml"), ("HalfCheetahDir", "maml"), ("AntVel", "maml")])
+def test_batched_agrees_with_single_envs(name, convention):
     num = 5
-    kwargs = {"convention": nav_convention} if name == "Navigation2D" else {"horizon": 60}
-    batched, tasks, seeds, actions, b_obs, b_rew, b_done = run_both(
-        name, num, action_scale=0.1 if kwargs.get("convention") == "gym" else 1.0, **kwargs)
+    kwargs = {"convention": convention} if name == "Navigation2D" else {"convention": convention, "horizon": 60}
+    # gym locomotion scales actions by 10: +-0.1 already reaches the control limits; in maml,
+    # actions up to +-2 exercise the clipping of the control and of the control cost
+    scale = {("Navigation2D", "gym"): 0.1, ("Navigation2D", "maml"): 1.0}.get(
+        (name, convention), 0.1 if convention == "gym" else 2.0)
+    batched, tasks, seeds, actions, b_obs, b_rew, b_done = run_both(name, num, action_scale=scale, **kwargs)
     ended_early = 0
     for i in range(num):
         env = make(name, **kwargs)
