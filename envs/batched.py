@@ -31,18 +31,19 @@ class BatchedLocomotion:
         env_cls: the single-env class (e.g. ``HalfCheetahVelEnv``); gives model, task space,
             observation and reward.
         num_envs: N.
-        convention, horizon, action_scale, reset_noise_scale: as for the single env.
+        convention, horizon, action_scale, cost_on_clipped, reset_noise_scale: as for the single env.
         nthread: MuJoCo worker threads (0: all cores).
         dtype, device: of the returned tensors (physics runs on the CPU in float64).
     """
 
     def __init__(self, env_cls: type[LocomotionEnv], num_envs: int, convention: str = "gym",
-                 horizon: int | None = None, action_scale: float | None = None, reset_noise_scale: float = 0.1,
-                 nthread: int = 0, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+                 horizon: int | None = None, action_scale: float | None = None, cost_on_clipped: bool | None = None,
+                 reset_noise_scale: float = 0.1, nthread: int = 0, dtype: torch.dtype = torch.float32,
+                 device: str | torch.device = "cpu"):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         self.proto = env_cls(convention=convention, horizon=horizon, action_scale=action_scale,
-                             reset_noise_scale=reset_noise_scale)
+                             cost_on_clipped=cost_on_clipped, reset_noise_scale=reset_noise_scale)
         self.env_cls = env_cls
         self.TASKS = env_cls.TASKS
         self.robot = env_cls.ROBOT

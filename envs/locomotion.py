@@ -62,18 +62,22 @@ _CONVENTIONS = {
 
 
 def resolve_convention(robot: str, convention: str, horizon: int | None = None,
-                       action_scale: float | None = None) -> Convention:
+                       action_scale: float | None = None, cost_on_clipped: bool | None = None) -> Convention:
     """The settings of ``convention`` for ``robot``, with optional overrides."""
     if convention not in _CONVENTIONS:
         raise ValueError(f"convention must be one of {sorted(_CONVENTIONS)}, got {convention!r}")
-    default_h, default_scale, skips, cost_on_clipped = _CONVENTIONS[convention]
+    default_h, default_scale, skips, default_clipped = _CONVENTIONS[convention]
     horizon = default_h if horizon is None else horizon
     action_scale = default_scale if action_scale is None else action_scale
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     if not (np.isfinite(action_scale) and action_scale > 0):
         raise ValueError(f"action_scale must be a finite number > 0, got {action_scale}")
-    return Convention(convention, int(horizon), float(action_scale), skips[robot], cost_on_clipped)
+    if cost_on_clipped is None:
+        cost_on_clipped = default_clipped
+    elif not isinstance(cost_on_clipped, (bool, np.bool_)):
+        raise ValueError(f"cost_on_clipped must be True, False or None, got {cost_on_clipped!r}")
+    return Convention(convention, int(horizon), float(action_scale), skips[robot], bool(cost_on_clipped))
 
 
 def load_model(robot: str) -> mujoco.MjModel:
@@ -195,9 +199,9 @@ class LocomotionEnv(TaskEnvMixin, MujocoEnv):
         raise NotImplementedError
 
     def __init__(self, task: Mapping | None = None, convention: str = "gym", horizon: int | None = None,
-                 action_scale: float | None = None, reset_noise_scale: float = 0.1,
-                 render_mode: str | None = None, **kwargs):
-        self.convention = resolve_convention(self.ROBOT.name, convention, horizon, action_scale)
+                 action_scale: float | None = None, cost_on_clipped: bool | None = None,
+                 reset_noise_scale: float = 0.1, render_mode: str | None = None, **kwargs):
+        self.convention = resolve_convention(self.ROBOT.name, convention, horizon, action_scale, cost_on_clipped)
         self.horizon = self.convention.horizon
         self.reset_noise_scale = reset_noise_scale
         obs_space = spaces.Box(-np.inf, np.inf, (self.ROBOT.obs_dim,), np.float64)
@@ -279,8 +283,8 @@ _CHEETAH_DOC = """
 
     ## Arguments
 
-    ``task``, ``convention`` (``"gym"`` default, or ``"maml"``), ``horizon`` and
-    ``action_scale`` (override the convention's), ``reset_noise_scale`` (0.1), ``render_mode``.
+    ``task``, ``convention`` (``"gym"`` default, or ``"maml"``), ``horizon``, ``action_scale`` and
+    ``cost_on_clipped`` (override the convention's), ``reset_noise_scale`` (0.1), ``render_mode``.
 
     ## Version History
 
@@ -310,7 +314,7 @@ _ANT_DOC = """
     ## Arguments
 
     ``task``, ``convention`` (``"gym"`` default, or ``"maml"``), ``horizon``, ``action_scale``,
-    ``reset_noise_scale`` (0.1), ``render_mode``.
+    ``cost_on_clipped`` (override the convention's), ``reset_noise_scale`` (0.1), ``render_mode``.
 
     ## Version History
 

@@ -51,6 +51,8 @@ class EnvConfig:
     """Override the convention's horizon."""
     action_scale: float | None = None
     """Override the convention's action scale (the env receives ``clip(action_scale * action)``)."""
+    cost_on_clipped: bool | None = None
+    """Locomotion only: override whether the control cost uses the clipped action (``maml``: true)."""
 
     def __post_init__(self) -> None:
         if self.name not in FAMILIES:
@@ -60,12 +62,15 @@ class EnvConfig:
         if self.action_scale is not None and not (math.isfinite(self.action_scale) and self.action_scale > 0):
             raise ConfigError(f"env.action_scale must be a finite number > 0 (or null for the convention's), "
                               f"got {self.action_scale}")
+        if self.cost_on_clipped is not None and self.name == "Navigation2D":
+            raise ConfigError("env.cost_on_clipped applies to the locomotion families (Navigation2D has no "
+                              "control cost); leave it null")
 
     def kwargs(self) -> dict:
         """Keyword arguments of the single and batched envs: the convention and the overrides given."""
-        return {"convention": self.convention} | {k: v for k, v in (("horizon", self.horizon),
-                                                                    ("action_scale", self.action_scale))
-                                                  if v is not None}
+        overrides = (("horizon", self.horizon), ("action_scale", self.action_scale),
+                     ("cost_on_clipped", self.cost_on_clipped))
+        return {"convention": self.convention} | {k: v for k, v in overrides if v is not None}
 
     def make(self, num_envs: int, device: torch.device):
         if self.name == "Navigation2D":

@@ -151,6 +151,15 @@ def test_maml_convention_costs_the_clipped_action(name):
     env = make(name, convention="maml", action_scale=0.5)  # cost on clip(0.5 a) / 0.5: |a| <= 2 counts
     env.reset(seed=0, options={"task": {"direction": 1.0}})
     assert env.step(big)[4]["reward_ctrl"] == pytest.approx(-weight * dim * 4.0)
+    env = make(name, convention="maml", cost_on_clipped=False)  # the override: the raw action again
+    env.reset(seed=0, options={"task": {"direction": 1.0}})
+    assert env.step(big)[4]["reward_ctrl"] == pytest.approx(-weight * dim * 9.0)
+    batched = make_batched(name, 2, convention="maml", cost_on_clipped=False, dtype=torch.float64)
+    batched.reset(batched.TASKS.sample(2, np.random.default_rng(0)), seeds=[0, 1])
+    info = batched.step(torch.as_tensor(np.stack([big, big])))[3]
+    np.testing.assert_allclose(info["reward_ctrl"].numpy(), -weight * dim * 9.0)
+    with pytest.raises(ValueError, match="cost_on_clipped must be True, False or None, got 'yes'"):
+        make(name, convention="maml", cost_on_clipped="yes")
 
 
 def test_ant_contact_forces_are_live_and_falling_terminates():
