@@ -16,8 +16,9 @@ Two conventions, whose returns are not comparable (say which one every result us
 In both, the control sent to MuJoCo is ``clip(action_scale * action, -1, 1)``. In ``maml``, the
 control cost is computed on that clipped control divided by ``action_scale`` (rllab's ``normalize``
 wrapper clipped the policy's action before the environment computed its cost, so an action
-beyond the limits costs no more than the limit); in ``gym``, on the action as passed to ``step``. The Ant uses Gymnasium's model in both
-conventions (rllab's ant model is not reproduced).
+beyond the limits costs no more than the limit); in ``gym``, on the action as passed to ``step``.
+The ``cost_on_clipped`` argument overrides the convention's choice. The Ant uses Gymnasium's model
+in both conventions (rllab's ant model is not reproduced).
 """
 
 from __future__ import annotations
