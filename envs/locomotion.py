@@ -52,7 +52,7 @@ class Convention:
     horizon: int
     action_scale: float
     frame_skip: int
-    cost_on_clipped: bool = False  # control cost on clip(action) (rllab) instead of the raw action
+    cost_on_clipped: bool  # control cost on clip(action) (rllab) instead of the raw action
 
 
 _CONVENTIONS = {
