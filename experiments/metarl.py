@@ -90,6 +90,10 @@ class PolicyConfig:
     """Initial action standard deviation."""
     output_init_scale: float = 1.0
     """Scale of the output layer's initial weights (0.01 starts the mean action near 0)."""
+    init: Literal["torch", "xavier"] = "torch"
+    """Initialisation of the mean network: PyTorch's default, or Glorot-uniform weights with zero
+    biases as in the MAML paper's code (one inner step then moves the policy further: inner step
+    sizes are not comparable between the two)."""
 
 
 @dataclass
@@ -179,7 +183,7 @@ def _device(name: str) -> torch.device:
 def make_policy(cfg: MetaRLConfig, env, device: torch.device) -> GaussianMLPPolicy:
     p = cfg.policy
     return GaussianMLPPolicy(env.obs_dim, env.act_dim, p.hidden_sizes, p.activation, p.init_std,
-                             p.output_init_scale).to(device)
+                             p.output_init_scale, init=p.init).to(device)
 
 
 def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:

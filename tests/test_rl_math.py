@@ -248,6 +248,32 @@ def test_output_init_scale_starts_the_mean_near_zero():
         GaussianMLPPolicy(2, 2, output_init_scale=0.0)
 
 
+def test_xavier_init_is_glorot_uniform_with_zero_biases():
+    """``init="xavier"`` (rllab's): weights within the Glorot bound sqrt(6 / (fan_in + fan_out)) with
+    about the bound's variance, zero biases; it moves the mean further per gradient step."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(20, 6, (100, 100), init="xavier")
+    layers = [m for m in policy.mean.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(layers) == 3
+    for layer in layers:
+        fan_out, fan_in = layer.weight.shape
+        bound = math.sqrt(6.0 / (fan_in + fan_out))
+        assert layer.weight.abs().max() <= bound
+        assert abs(layer.weight.var().item() - bound ** 2 / 3) < 0.1 * bound ** 2 / 3
+        assert torch.count_nonzero(layer.bias) == 0
+
+    def output_change(p):  # how far one unit-norm gradient step on sum(mean) moves the mean
+        obs = torch.randn(64, 20, generator=torch.Generator().manual_seed(1))
+        params = [q for n, q in p.named_parameters() if n != "log_std"]
+        grads = torch.autograd.grad(p(obs)[0].sum(), params)
+        return sum((g * g).sum() for g in grads).item()
+
+    torch.manual_seed(0)
+    assert output_change(policy) > 2 * output_change(GaussianMLPPolicy(20, 6, (100, 100)))
+    with pytest.raises(ValueError, match="init"):
+        GaussianMLPPolicy(2, 2, init="he")
+
+
 def test_fvp_subsample_uses_the_first_episodes(float64):
     """With fvp_subsample the curvature comes from the first episodes of each task only, taken at
     the parameters adapted on all episodes: ``J_sub^T F_sub J_sub`` with ``J_sub = I - alpha H_sub``."""

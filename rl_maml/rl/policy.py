@@ -25,6 +25,12 @@ class GaussianMLPPolicy(nn.Module):
             common choice).
         activation: ``"relu"`` or ``"tanh"``.
         init_std: initial standard deviation of every action dimension.
+        init: initialisation of the mean network's linear layers. ``"torch"``: PyTorch's default
+            (uniform in +-1/sqrt(fan_in), weights and biases). ``"xavier"``: Glorot-uniform weights
+            and zero biases, as in rllab and the MAML paper's code. Xavier weights are larger in
+            the hidden layers, so one inner gradient step of the same size moves the mean several
+            times further (about 5x for a 2x100 ReLU net): the inner step size is not
+            comparable between the two.
         output_init_scale: multiplies the output layer's initial weights (its bias starts at 0);
             a small value (0.01) starts the mean near 0, so that a small ``init_std`` begins as a
             local random walk rather than a drift in a random direction.
@@ -33,12 +39,20 @@ class GaussianMLPPolicy(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_sizes: Sequence[int] = (100, 100),
                  activation: str = "relu", init_std: float = 1.0, output_init_scale: float = 1.0,
-                 min_log_std: float = -20.0):
+                 min_log_std: float = -20.0, init: str = "torch"):
         super().__init__()
         if init_std <= 0 or output_init_scale <= 0:
             raise ValueError(f"init_std and output_init_scale must be > 0, got {init_std}, {output_init_scale}")
+        if init not in ("torch", "xavier"):
+            raise ValueError(f"init must be 'torch' or 'xavier', got {init!r}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
         self.mean = MLP(obs_dim, act_dim, hidden_sizes, activation)
+        if init == "xavier":
+            with torch.no_grad():
+                for layer in self.mean.modules():
+                    if isinstance(layer, nn.Linear):
+                        nn.init.xavier_uniform_(layer.weight)
+                        layer.bias.zero_()
         if output_init_scale != 1.0:
             head = self.mean.layers[-1]
             with torch.no_grad():
