@@ -262,7 +262,7 @@ def test_xavier_init_is_glorot_uniform_with_zero_biases():
         assert abs(layer.weight.var().item() - bound ** 2 / 3) < 0.1 * bound ** 2 / 3
         assert torch.count_nonzero(layer.bias) == 0
 
-    def output_change(p):  # how far one unit-norm gradient step on sum(mean) moves the mean
+    def output_change(p):  # first-order change of sum(mean) after a gradient step of size 1 on it
         obs = torch.randn(64, 20, generator=torch.Generator().manual_seed(1))
         params = [q for n, q in p.named_parameters() if n != "log_std"]
         grads = torch.autograd.grad(p(obs)[0].sum(), params)
