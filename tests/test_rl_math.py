@@ -139,14 +139,15 @@ def test_fisher_vector_product_through_the_adaptation_graph(float64):
 
 
 @pytest.mark.parametrize("case", ["one step", "two steps", "masked", "first order", "every step",
-                                  "every step, three", "every step, first order"])
+                                  "every step, three", "every step, first order", "lvc", "two steps, lvc"])
 def test_structured_fvp_equals_autograd_through_the_full_graph(float64, case):
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
     mask = AdaptationMask.only({"mean.layers.2.weight", "mean.layers.2.bias"}) if case == "masked" else None
-    steps = 3 if "three" in case else 2 if case in ("two steps", "every step", "every step, first order") else 1
+    steps = 3 if "three" in case else 2 if case.startswith(("two steps", "every step")) else 1
     inner = InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), steps, first_order="first order" in case, mask=mask)
-    meta = MAMLTRPO(policy, inner, TRPOSettings(surrogate_steps="every" if "every" in case else "final"))
+    meta = MAMLTRPO(policy, inner, TRPOSettings(surrogate_steps="every" if "every" in case else "final",
+                                                inner_objective="lvc" if "lvc" in case else "reinforce"))
     train, valid = [tiny_episodes(seed=1 + s) for s in range(steps)], tiny_episodes(seed=9)
     params = list(policy.parameters())
     _, kl, old = meta.meta_objective(meta.adapt_all(train), train, valid)
@@ -328,3 +329,67 @@ def test_fvp_subsample_uses_the_first_episodes(float64):
     assert set(evaluated) <= {train[0].obs.shape} and len(evaluated) == logs["charts/ls_steps"] + 1
     with pytest.raises(ValueError, match="fvp_subsample"):
         TRPOSettings(fvp_subsample=0.0)
+
+
+def _inner_grad_and_hessian(objective: str, policy, episodes):
+    """Gradient and Hessian of task 0's inner loss w.r.t. the flat parameters."""
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings(inner_objective=objective))
+    names = [n for n, _ in policy.named_parameters()]
+    shapes = [p.shape for p in policy.parameters()]
+
+    def loss_of(theta):
+        chunks = torch.split(theta, [math.prod(s) for s in shapes])
+        params = {n: c.view(s).unsqueeze(0).expand(episodes.num_tasks, *s) for n, c, s in zip(names, chunks, shapes)}
+        return meta.inner_loss(params, episodes)[0]
+
+    theta = flat([p.detach() for p in policy.parameters()])
+    return (torch.autograd.functional.jacobian(loss_of, theta),
+            torch.autograd.functional.hessian(loss_of, theta), theta, loss_of)
+
+
+def test_lvc_inner_objective_has_reinforces_gradient_and_the_score_function_hessian_term(float64):
+    """LVC (ProMP): same inner gradient as REINFORCE; Hessian plus -mean(A grad log pi grad log pi^T)."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (4,), "tanh", init_std=0.8)
+    episodes = tiny_episodes(seed=3)
+    g_r, h_r, theta, _ = _inner_grad_and_hessian("reinforce", policy, episodes)
+    g_l, h_l, _, _ = _inner_grad_and_hessian("lvc", policy, episodes)
+    assert torch.allclose(g_r, g_l, atol=1e-12)  # the adapted policies are the same
+    # The extra term, built from per-sample score vectors of task 0.
+    names = [n for n, _ in policy.named_parameters()]
+    shapes = [p.shape for p in policy.parameters()]
+    obs, act = episodes.per_task(episodes.obs)[0], episodes.per_task(episodes.actions)[0]
+    adv, mask = episodes.per_task(episodes.advantages)[0], episodes.per_task(episodes.mask)[0]
+
+    def logp_of(theta):
+        chunks = torch.split(theta, [math.prod(s) for s in shapes])
+        named = dict(zip(names, (c.view(s) for c, s in zip(chunks, shapes))))
+        mean, log_std = torch.func.functional_call(policy, named, (obs,))
+        return log_prob(mean, log_std, act)
+
+    scores = torch.autograd.functional.jacobian(logp_of, theta)  # [K, n]
+    extra = -(scores.T * (adv * mask)) @ scores / mask.sum()
+    assert extra.abs().max() > 1e-3  # not a vacuous comparison
+    assert torch.allclose(h_l, h_r + extra, atol=1e-10)
+
+
+def test_lvc_changes_the_meta_gradient_but_not_the_adapted_policy(float64):
+    torch.manual_seed(0)
+    train, valid = [tiny_episodes(seed=1)], tiny_episodes(seed=2)
+    initial = GaussianMLPPolicy(2, 2, (5,), "tanh").state_dict()
+    grads, adapted = [], []
+    for objective in ("reinforce", "lvc"):
+        policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
+        policy.load_state_dict(initial)
+        meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings(inner_objective=objective))
+        states = meta.adapt_all(train)
+        adapted.append(flat([v.detach().reshape(-1) for v in states[-1].values()]))
+        loss, _, _ = meta.meta_objective(states, train, valid)
+        grads.append(flat(torch.autograd.grad(loss, list(policy.parameters()))))
+    assert torch.allclose(adapted[0], adapted[1], atol=1e-12)
+    assert not torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_inner_objective_is_validated():
+    with pytest.raises(ValueError, match="inner_objective"):
+        TRPOSettings(inner_objective="dice")

@@ -47,6 +47,14 @@ class TRPOSettings:
     policy's surrogate and KL, each on the episodes sampled from that policy (the next step's
     training episodes, the validation episodes for the last); no extra sampling. With several
     inner steps it trains every evaluation step, not just the last."""
+    inner_objective: str = "reinforce"
+    """The inner loss the meta-step differentiates through. ``reinforce``: ``-mean(log pi(a|s) A)``
+    (the MAML paper's). ``lvc``: ``-mean(pi(a|s) / stop_grad(pi(a|s)) A)``, the low-variance
+    curvature objective of Rothfuss et al. 2019 (ProMP, arXiv 1810.06784). Both give the same inner
+    gradient, so the adapted policies are identical; ``lvc``'s Hessian also holds the
+    score-function term ``sum grad log pi grad log pi^T A``, the part of the true policy-gradient
+    Hessian that ``reinforce`` drops, through which the meta-gradient credits the initial policy
+    for the episodes it samples before adaptation."""
 
     def __post_init__(self) -> None:
         if not (self.max_kl > 0 and self.cg_iters >= 1 and self.cg_damping >= 0 and self.ls_max_steps >= 1
@@ -55,6 +63,8 @@ class TRPOSettings:
                              f"0 < ls_backtrack_ratio < 1 and 0 < fvp_subsample <= 1, got {self}")
         if self.surrogate_steps not in ("final", "every"):
             raise ValueError(f"surrogate_steps must be 'final' or 'every', got {self.surrogate_steps!r}")
+        if self.inner_objective not in ("reinforce", "lvc"):
+            raise ValueError(f"inner_objective must be 'reinforce' or 'lvc', got {self.inner_objective!r}")
 
 
 def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -82,11 +92,16 @@ class MAMLTRPO:
 
     # -- inner loop ---------------------------------------------------------------------------
     def inner_loss(self, params: Params, episodes: Episodes) -> Tensor:
-        """REINFORCE loss per task ``[M]``: ``-mean(log pi(a|s) * A)`` over each task's steps."""
+        """Policy-gradient loss per task ``[M]`` over each task's steps (``TRPOSettings.inner_objective``).
+
+        ``reinforce``: ``-mean(log pi(a|s) * A)``. ``lvc``: ``-mean(exp(log pi - stop_grad(log pi)) * A)``,
+        whose value is ``-mean(A)`` and whose gradient is REINFORCE's; only its second derivatives differ.
+        """
         mean, log_std = self.batched(params, episodes.per_task(episodes.obs))  # [M, T*B, act_dim]
         logp = log_prob(mean, log_std, episodes.per_task(episodes.actions))  # [M, T*B]
         adv = episodes.per_task(episodes.advantages)
-        return -_masked_task_mean(logp * adv, episodes.per_task(episodes.mask))
+        weight = torch.exp(logp - logp.detach()) if self.trpo.inner_objective == "lvc" else logp
+        return -_masked_task_mean(weight * adv, episodes.per_task(episodes.mask))
 
     def adapt_step(self, params: Params, episodes: Episodes, step: int, inner: InnerLoop | None = None,
                    create_graph: bool | None = None) -> Params:
