@@ -1,12 +1,13 @@
 """Time one MAML-TRPO meta-iteration of HalfCheetahVel at the standard size, split by phase.
 
-    python -m rl_maml.experiments.benchmark_metarl [--iterations 3] [--tasks 40] [--episodes 20]
+    python -m rl_maml.experiments.benchmark_metarl [--iterations 3] [--tasks 40] [--episodes 20] [--device cpu]
 
 40 tasks x 20 episodes, ``gym`` convention (horizon 100), 2x100 ReLU policy, one inner step:
 160,000 env steps per iteration (training and validation episodes). Reports the median over
 ``--iterations`` iterations (after one warm-up) of the seconds spent sampling, adapting and in the
 TRPO meta-step, and the whole iteration's env steps per second beside the batched stepper's raw
-rate at N = 800, measured in the same run.
+rate at N = 800, measured in the same run. With ``--device cuda`` the policy, the inner update and
+the meta-step run on the GPU; MuJoCo always steps on the CPU.
 """
 
 from __future__ import annotations
@@ -35,6 +36,11 @@ def raw_rate(num_envs: int, steps: int = 100) -> float:
     return num_envs * (steps - 1) / (time.perf_counter() - t0)
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def fvp_costs(agent, repeats: int = 3) -> tuple[float, float]:
     """Seconds per Fisher-vector product: autograd through the whole graph vs the structured form."""
     from rl_maml.rl.trpo import fisher_vector_product
@@ -45,16 +51,18 @@ def fvp_costs(agent, repeats: int = 3) -> tuple[float, float]:
     adapted = meta.adapt_step(meta.params(), train[0], 0)
     valid = agent._sample(adapted, tasks, 0, "valid")
     params = list(meta.policy.parameters())
-    v = torch.randn(sum(p.numel() for p in params))
+    v = torch.randn(sum(p.numel() for p in params), device=agent.device)
     _, kl, _ = meta.surrogate(adapted, valid)
     products = {"generic": fisher_vector_product(kl, params, 1e-5),
                 "structured": meta.fisher_vector_product(train, valid, 1e-5)}
     out = []
     for fvp in products.values():
         fvp(v)
+        _sync(agent.device)
         t0 = time.perf_counter()
         for _ in range(repeats):
             fvp(v)
+        _sync(agent.device)
         out.append((time.perf_counter() - t0) / repeats)
     return out[0], out[1]
 
@@ -66,14 +74,18 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--cg-iters", type=int, default=10)
     ap.add_argument("--fvp-subsample", type=float, default=1.0, help="fraction of episodes for Fisher products")
+    ap.add_argument("--device", default="cpu", help="torch device of the policy and the meta-step: cpu, cuda or auto")
     args = ap.parse_args()
+    from rl_maml.experiments.sinusoid import resolve_device
+
+    device = resolve_device(args.device)
     cfg = from_dict(MetaRLConfig, {
         "env": {"name": "HalfCheetahVel", "convention": "gym"},
         "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes},
         "trpo": {"cg_iters": args.cg_iters, "fvp_subsample": args.fvp_subsample},
     })
     torch.set_num_threads(cfg.train.num_threads)
-    agent = build_agent(cfg, torch.device("cpu"))
+    agent = build_agent(cfg, device)
     rows = [agent.train_step(i) for i in range(args.iterations + 1)][1:]
 
     def med(key: str) -> float:
@@ -87,7 +99,7 @@ def main() -> None:
     torch.set_num_threads(cfg.train.num_threads)
     print(f"HalfCheetahVel, gym convention, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
           f"torch threads {torch.get_num_threads()} sampling / {agent.meta_step_threads} meta-step, "
-          f"fvp_subsample {args.fvp_subsample}; median of {args.iterations} iterations")
+          f"fvp_subsample {args.fvp_subsample}, device {device}; median of {args.iterations} iterations")
     print("| phase | seconds | share |")
     print("|---|---|---|")
     for key, label in (("time/sampling_s", "sampling (train + valid)"), ("time/adapting_s", "inner update"),
