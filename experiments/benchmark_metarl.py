@@ -21,7 +21,7 @@ import torch
 from rl_maml.envs import make_batched
 from rl_maml.experiments.metarl import MetaRLConfig, build_agent
 
-from rl_maml.config import from_dict
+from rl_maml.config import ConfigError, from_dict
 
 
 def raw_rate(num_envs: int, steps: int = 100) -> float:
@@ -78,7 +78,12 @@ def main() -> None:
     args = ap.parse_args()
     from rl_maml.experiments.sinusoid import resolve_device
 
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device, option="--device")
+    except ConfigError as e:  # CUDA asked for but absent
+        ap.error(str(e))
+    except RuntimeError as e:  # not a device string
+        ap.error(f"--device {args.device!r} is not a torch device: {e}")
     cfg = from_dict(MetaRLConfig, {
         "env": {"name": "HalfCheetahVel", "convention": "gym"},
         "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes},

@@ -111,12 +111,13 @@ CONFIG = SinusoidConfig
 """The config dataclass the command line builds for ``benchmark: sinusoid``."""
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, option: str = "train.device") -> torch.device:
+    """``cpu``, ``cuda[:i]`` or ``auto`` -> a device; ``option`` names the setting in error messages."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device is {name!r} but CUDA is not available; use train.device=cpu")
+        raise ConfigError(f"{option} is {name!r} but CUDA is not available; use {option}=cpu")
     return device
 
 
