@@ -52,9 +52,9 @@ class TRPOSettings:
     (the MAML paper's). ``lvc``: ``-mean(pi(a|s) / stop_grad(pi(a|s)) A)``, the low-variance
     curvature objective of Rothfuss et al. 2019 (ProMP, arXiv 1810.06784). Both give the same inner
     gradient, so the adapted policies are identical; ``lvc``'s Hessian also holds the
-    score-function term ``sum grad log pi grad log pi^T A``, the part of the true policy-gradient
-    Hessian that ``reinforce`` drops, through which the meta-gradient credits the initial policy
-    for the episodes it samples before adaptation."""
+    score-function term ``-mean(A grad log pi grad log pi^T)``, the part of the true
+    policy-gradient Hessian that ``reinforce`` drops, through which the meta-gradient credits the
+    initial policy for the episodes it samples before adaptation."""
 
     def __post_init__(self) -> None:
         if not (self.max_kl > 0 and self.cg_iters >= 1 and self.cg_damping >= 0 and self.ls_max_steps >= 1
