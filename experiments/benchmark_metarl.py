@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from rl_maml.envs import make_batched
 from rl_maml.experiments.metarl import MetaRLConfig, build_agent
+from rl_maml.experiments.sinusoid import resolve_device
 
 from rl_maml.config import ConfigError, from_dict
 
@@ -76,8 +77,6 @@ def main() -> None:
     ap.add_argument("--fvp-subsample", type=float, default=1.0, help="fraction of episodes for Fisher products")
     ap.add_argument("--device", default="cpu", help="torch device of the policy and the meta-step: cpu, cuda or auto")
     args = ap.parse_args()
-    from rl_maml.experiments.sinusoid import resolve_device
-
     try:
         device = resolve_device(args.device, option="--device")
     except ConfigError as e:  # CUDA asked for but absent
