@@ -148,6 +148,18 @@ class RLEvalConfig:
     """Reference policies: random and pretrained are adapted like MAML; the oracle sees the task."""
     baseline_timesteps: int = 200_000
     """PPO (stable-baselines3) training steps of the pretrained and oracle policies."""
+    extra_draws: int = 0
+    """Further independent draws of ``num_tasks`` test tasks (seeds ``seed + 1``, ``seed + 2``, ...)
+    on which MAML alone is evaluated again. The table stays the fixed test set's; an added row and
+    ``results.json["maml_draws"]`` give the mean over all draws, which tells how much of a
+    difference to a paper's number is the test set's luck."""
+
+    def __post_init__(self) -> None:
+        if min(self.num_tasks, self.fast_batch_size, self.baseline_timesteps) < 1 or self.num_steps < 0:
+            raise ConfigError("eval: num_tasks, fast_batch_size and baseline_timesteps must be positive and "
+                              "num_steps >= 0")
+        if self.extra_draws < 0:
+            raise ConfigError(f"eval.extra_draws must be >= 0, got {self.extra_draws}")
 
 
 @dataclass
@@ -230,7 +242,11 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     agent = build_agent(cfg, device)
     iteration = load_learners(checkpoint, {"maml": agent}, str(device))
     env = cfg.env.make(e.num_tasks * e.fast_batch_size, device)
-    tasks = {k: torch.as_tensor(v) for k, v in env.TASKS.sample(e.num_tasks, numpy_generator(e.seed, "test-tasks")).items()}
+
+    def test_tasks(seed: int) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(v) for k, v in env.TASKS.sample(e.num_tasks, numpy_generator(seed, "test-tasks")).items()}
+
+    tasks = test_tasks(e.seed)
     policies = {"maml": agent.policy}
     for name in e.baselines:
         if name == "random":  # a freshly initialised policy
@@ -239,11 +255,15 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         elif name == "pretrained":
             policies[name] = reference_policy(cfg, run_dir, name, device)
     methods, episodes = {}, {}
-    for name, policy in policies.items():
+
+    def adapt(name: str, policy: GaussianMLPPolicy, tasks: dict[str, torch.Tensor], seed: int):
         # Every policy adapts with the configured alpha, except Alpha MAML's, which uses its learned alphas.
         lr = agent.meta.inner.step_size if name == "maml" and cfg.method == "alpha_maml" else cfg.inner.inner_lr
-        returns, eps = adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps, lr,
-                                          LinearFeatureBaseline(), cfg.train.gamma, cfg.train.gae_lambda, e.seed)
+        return adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps, lr, LinearFeatureBaseline(),
+                                  cfg.train.gamma, cfg.train.gae_lambda, seed)
+
+    for name, policy in policies.items():
+        returns, eps = adapt(name, policy, tasks, e.seed)
         mean, ci = mean_ci95(returns.double().cpu(), dim=1)
         methods[name] = {"mean": mean.tolist(), "ci95": ci.tolist(), "per_task": returns.cpu().tolist()}
         episodes[name] = eps
@@ -258,6 +278,14 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         methods["oracle"] = {"mean": [mean.item()] * (e.num_steps + 1), "ci95": [ci.item()] * (e.num_steps + 1),
                              "per_task": [per_task.tolist()] * (e.num_steps + 1)}
     steps = list(range(e.num_steps + 1))
+    draws = None
+    if e.extra_draws:
+        seeds = [e.seed + d for d in range(e.extra_draws + 1)]
+        per_draw = [methods["maml"]["mean"]] + [
+            adapt("maml", agent.policy, test_tasks(seed), seed)[0].double().mean(1).tolist() for seed in seeds[1:]]
+        per_draw_t = torch.tensor(per_draw, dtype=torch.float64)
+        draws = {"seeds": seeds, "mean_per_draw": per_draw, "mean": per_draw_t.mean(0).tolist(),
+                 "sd_over_draws": per_draw_t.std(0).tolist()}
     results = {
         "benchmark": "metarl", "env": cfg.env.name, "convention": cfg.env.convention,
         "metric": "mean undiscounted return per task (mean over test tasks, 95% CI)",
@@ -265,12 +293,19 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         "step_sizes": "alpha, then alpha/2", "test_seed": e.seed, "checkpoint_iteration": iteration,
         "steps": steps, "methods": methods,
     }
+    if draws is not None:
+        results["maml_draws"] = draws
     out = run_dir / "eval"
     title = (f"{cfg.env.name} ({cfg.env.convention} convention): return on {e.num_tasks} test tasks after k "
              f"policy-gradient steps (checkpoint at iteration {iteration})")
     labels = {"maml": "MAML", "random": "random init", "pretrained": "pretrained (PPO, adapted)",
               "oracle": "oracle (PPO, task observed)"}
-    write_results(out, results, f"# {title}\n\n" + markdown_table(methods, steps, digits=1, labels=labels))
+    table = markdown_table(methods, steps, digits=1, labels=labels)
+    if draws is not None:
+        row = f"MAML, mean over {len(draws['seeds'])} draws of {e.num_tasks} test tasks (± standard deviation over draws)"
+        table += markdown_table({row: {"mean": draws["mean"], "ci95": draws["sd_over_draws"]}}, steps,
+                                digits=1).split("\n", 2)[2]
+    write_results(out, results, f"# {title}\n\n" + table)
     fig, ax = plots.plt.subplots(figsize=(5, 4))
     plots.plot_adaptation_curves(ax, methods, steps, "average return", constant=("oracle",), labels=labels)
     ax.set_title(cfg.env.name if cfg.env.name == "Navigation2D" else f"{cfg.env.name} ({cfg.env.convention})")

@@ -53,6 +53,25 @@ def test_evaluation_with_sb3_baselines(preset, tmp_path, capsys):
     assert again["methods"] == results["methods"]
 
 
+def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
+    run = tmp_path / "nav"
+    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
+    assert main(["eval", str(run), "eval.baselines=[random]", "eval.extra_draws=2"]) == 0
+    assert "| MAML, mean over 3 draws of 2 test tasks (± standard deviation over draws) |" in capsys.readouterr().out
+    results = json.loads((run / "eval" / "results.json").read_text())
+    draws = results["maml_draws"]
+    assert draws["seeds"] == [1234, 1235, 1236] and len(draws["mean_per_draw"]) == 3
+    assert draws["mean_per_draw"][0] == results["methods"]["maml"]["mean"]  # the first draw is the table's test set
+    assert draws["mean_per_draw"][1] != draws["mean_per_draw"][0]  # the others are other tasks
+    per_draw = torch.tensor(draws["mean_per_draw"], dtype=torch.float64)
+    assert torch.allclose(torch.tensor(draws["mean"], dtype=torch.float64), per_draw.mean(0))
+    # Without extra draws the results carry no draws entry.
+    assert main(["eval", str(run), "eval.baselines=[random]"]) == 0
+    assert "maml_draws" not in json.loads((run / "eval" / "results.json").read_text())
+    assert main(["eval", str(run), "eval.extra_draws=-1"]) == 2
+    assert "eval.extra_draws must be >= 0" in capsys.readouterr().err
+
+
 def test_resume_is_exact(tmp_path):
     common = ["--no-progress", *TINY, "train.checkpoint_every=2"]
     assert main(["train", "navigation", "--run-dir", str(tmp_path / "a"), "train.num_iterations=4", *common]) == 0
