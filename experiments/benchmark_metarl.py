@@ -79,10 +79,8 @@ def main() -> None:
     args = ap.parse_args()
     try:
         device = resolve_device(args.device, option="--device")
-    except ConfigError as e:  # CUDA asked for but absent
+    except ConfigError as e:  # not a device, or CUDA asked for but absent
         ap.error(str(e))
-    except RuntimeError as e:  # not a device string
-        ap.error(f"--device {args.device!r} is not a torch device: {e}")
     cfg = from_dict(MetaRLConfig, {
         "env": {"name": "HalfCheetahVel", "convention": "gym"},
         "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes},

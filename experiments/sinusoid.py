@@ -115,7 +115,10 @@ def resolve_device(name: str, option: str = "train.device") -> torch.device:
     """``cpu``, ``cuda[:i]`` or ``auto`` -> a device; ``option`` names the setting in error messages."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"{option} {name!r} is not a torch device (use cpu, cuda, cuda:N or auto): {e}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"{option} is {name!r} but CUDA is not available; use {option}=cpu")
     return device

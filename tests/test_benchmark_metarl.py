@@ -31,3 +31,10 @@ def test_cuda_without_a_gpu_is_a_clear_error(monkeypatch, capsys):
         run(monkeypatch, capsys, "--device", "cuda")
     assert exit_info.value.code == 2
     assert "--device is 'cuda' but CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_malformed_device_is_a_clear_error(monkeypatch, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run(monkeypatch, capsys, "--device", "gpu")
+    assert exit_info.value.code == 2
+    assert "--device 'gpu' is not a torch device" in capsys.readouterr().err

@@ -92,6 +92,8 @@ def test_rl_config_errors(tmp_path, capsys):
     assert "env.action_scale must be a finite number > 0" in capsys.readouterr().err
     assert main(["train", "navigation", "--run-dir", str(tmp_path / "z"), "env.cost_on_clipped=true"]) == 2
     assert "env.cost_on_clipped applies to the locomotion families" in capsys.readouterr().err
+    assert main(["train", "navigation", "--run-dir", str(tmp_path / "w"), "train.device=gpu"]) == 2
+    assert "train.device 'gpu' is not a torch device (use cpu, cuda, cuda:N or auto)" in capsys.readouterr().err
 
 
 def test_alpha_maml_trpo_adapts_alpha_from_the_meta_step(tmp_path, capsys):
