@@ -51,6 +51,12 @@ def test_evaluation_with_sb3_baselines(preset, tmp_path, capsys):
     assert main(["eval", str(run)]) == 0
     again = json.loads((run / "eval" / "results.json").read_text())
     assert again["methods"] == results["methods"]
+    # A cache trained for another policy is refused with the file to delete, not loaded or crashed on.
+    config = run / "config.yaml"
+    config.write_text(config.read_text().replace("activation: relu", "activation: tanh"))
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "was trained for another policy" in err and "pretrained_256.pt to train it again" in err
 
 
 def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
