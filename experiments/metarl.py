@@ -324,19 +324,19 @@ def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.
     if path.is_file():
         state = load_checkpoint(path)
         policy = GaussianMLPPolicy(state["obs_dim"], state["act_dim"], p.hidden_sizes, p.activation)
-        # Caches written before the architecture was stored carry no "activation"; their shapes are still checked.
+        # Caches written before the architecture was stored carry none; their tensor shapes are still checked.
         cached = (list(state.get("hidden_sizes", p.hidden_sizes)), state.get("activation", p.activation))
-        try:
-            if cached != (list(p.hidden_sizes), p.activation):
-                raise ValueError(f"hidden_sizes={cached[0]}, activation={cached[1]}")
-            policy.load_state_dict(state["policy"])
-        except (RuntimeError, ValueError) as err:
-            first = str(err) if isinstance(err, ValueError) else "its tensor shapes differ"
-            raise ConfigError(
-                f"the cached {name} baseline {path} was trained for another policy than this run's "
-                f"(policy.hidden_sizes={list(p.hidden_sizes)}, policy.activation={p.activation}): {first}. "
-                f"Delete {path} to train it again for this policy.") from err
-        return policy.to(device)
+        mismatch = f"it records hidden_sizes={cached[0]}, activation={cached[1]}"
+        if cached == (list(p.hidden_sizes), p.activation):
+            try:
+                policy.load_state_dict(state["policy"])
+                return policy.to(device)
+            except RuntimeError:
+                mismatch = "its tensor shapes differ"
+        raise ConfigError(
+            f"the cached {name} baseline {path} was trained for another policy than this run's "
+            f"(policy.hidden_sizes={list(p.hidden_sizes)}, policy.activation={p.activation}): {mismatch}. "
+            f"Delete {path} to train it again for this policy.")
     print(f"training the {name} baseline with PPO for {e.baseline_timesteps} steps (cached in {path})",
           file=sys.stderr)
     model = train_ppo(cfg.env.name, cfg.env.kwargs(), p.hidden_sizes, p.activation,

@@ -52,7 +52,12 @@ def load_learners(path: Path, learners: Mapping[str, Learner], device: str = "cp
     if missing:
         raise CheckpointError(f"checkpoint {path} has no state for {sorted(missing)} (it holds {sorted(state['learners'])})")
     for name, learner in learners.items():
-        learner.load_state_dict(state["learners"][name])
+        try:
+            learner.load_state_dict(state["learners"][name])
+        except RuntimeError as e:  # torch's shape/key mismatch: the checkpoint is for another model
+            raise CheckpointError(
+                f"checkpoint {path} does not fit this run's {name!r} model (was the run's config.yaml edited, "
+                f"e.g. the network sizes?): {str(e).strip().splitlines()[-1].strip()}") from None
     return int(state["iteration"])
 
 

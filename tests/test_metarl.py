@@ -78,6 +78,17 @@ def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
     assert "eval.extra_draws must be >= 0" in capsys.readouterr().err
 
 
+def test_a_checkpoint_that_does_not_fit_the_run_config_is_a_clear_error(tmp_path, capsys):
+    run = tmp_path / "nav"
+    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
+    config = run / "config.yaml"
+    assert "hidden_sizes: [8]" in config.read_text()
+    config.write_text(config.read_text().replace("hidden_sizes: [8]", "hidden_sizes: [16]"))
+    assert main(["eval", str(run), "eval.baselines=[random]"]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit this run's 'maml' model" in err and "size mismatch" in err
+
+
 def test_resume_is_exact(tmp_path):
     common = ["--no-progress", *TINY, "train.checkpoint_every=2"]
     assert main(["train", "navigation", "--run-dir", str(tmp_path / "a"), "train.num_iterations=4", *common]) == 0
