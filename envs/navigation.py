@@ -13,11 +13,16 @@ from rl_maml.envs.tasks import NAVIGATION_TASKS
 from torch import Tensor
 
 
+GOAL_REGIONS = ("square", "disc")
+
+
 def navigation_action_scale(convention: str, horizon: int, max_action: float, goal_radius: float,
-                            action_scale: float | None) -> float:
+                            action_scale: float | None, goal_region: str = "square") -> float:
     """Check Navigation2D's arguments; return the action scale (the convention's unless given)."""
     if convention not in ("gym", "maml"):
         raise ValueError(f"convention must be 'gym' or 'maml', got {convention!r}")
+    if goal_region not in GOAL_REGIONS:
+        raise ValueError(f"goal_region must be one of {GOAL_REGIONS}, got {goal_region!r}")
     if horizon < 1 or max_action <= 0 or goal_radius < 0:
         raise ValueError("horizon must be >= 1, max_action > 0 and goal_radius >= 0")
     if action_scale is None:
@@ -71,13 +76,15 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
 
     ## Episode End
 
-    Terminated when the distance to the goal is below ``goal_radius`` (0.01); truncated after
-    ``horizon`` steps (100).
+    Terminated when the position is within ``goal_radius`` (0.01) of the goal in both coordinates
+    (``goal_region="square"``: ``|x - gx| < r and |y - gy| < r``, as in the MAML paper's code and
+    pytorch-maml-rl), or in Euclidean distance with ``goal_region="disc"`` (a region 21% smaller,
+    what rl_maml used before; kept to reproduce those results); truncated after ``horizon`` steps (100).
 
     ## Arguments
 
     ``task`` (initial task; default: a fixed sample), ``horizon`` (100), ``max_action`` (0.1),
-    ``goal_radius`` (0.01), ``convention`` (``"gym"`` or ``"maml"``, see Action Space),
+    ``goal_radius`` (0.01), ``goal_region`` (``"square"`` or ``"disc"``, see Episode End), ``convention`` (``"gym"`` or ``"maml"``, see Action Space),
     ``action_scale`` (override the convention's).
 
     ## Version History
@@ -89,12 +96,15 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
     TASKS = NAVIGATION_TASKS
 
     def __init__(self, task: Mapping | None = None, horizon: int = 100, max_action: float = 0.1,
-                 goal_radius: float = 0.01, convention: str = "gym", action_scale: float | None = None):
+                 goal_radius: float = 0.01, convention: str = "gym", action_scale: float | None = None,
+                 goal_region: str = "square"):
         self.convention = convention
         self.horizon = horizon
         self.max_action = max_action
         self.goal_radius = goal_radius
-        self.action_scale = navigation_action_scale(convention, horizon, max_action, goal_radius, action_scale)
+        self.goal_region = goal_region
+        self.action_scale = navigation_action_scale(convention, horizon, max_action, goal_radius, action_scale,
+                                                    goal_region)
         bound = max_action / self.action_scale
         self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
         self.action_space = spaces.Box(-bound, bound, (2,), np.float32)
@@ -113,9 +123,11 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
         move = np.clip(np.float32(self.action_scale) * check_action(action, (2,)).astype(np.float32),
                        -self.max_action, self.max_action).astype(np.float32)
         self._position = self._position + move
-        distance = np.float32(np.sqrt(np.sum(np.square(self._position - self._task["goal"].astype(np.float32)))))
+        offset = self._position - self._task["goal"].astype(np.float32)
+        distance = np.float32(np.sqrt(np.sum(np.square(offset))))
         self._steps += 1
-        terminated = bool(distance < self.goal_radius)
+        reach = np.max(np.abs(offset)) if self.goal_region == "square" else distance
+        terminated = bool(reach < self.goal_radius)
         truncated = not terminated and self._steps >= self.horizon
         return self._position.copy(), -float(distance), terminated, truncated, {"distance": float(distance)}
 
@@ -133,14 +145,17 @@ class BatchedNavigation2D:
     TASKS = NAVIGATION_TASKS
 
     def __init__(self, num_envs: int, horizon: int = 100, max_action: float = 0.1, goal_radius: float = 0.01,
-                 device: str | torch.device = "cpu", convention: str = "gym", action_scale: float | None = None):
+                 device: str | torch.device = "cpu", convention: str = "gym", action_scale: float | None = None,
+                 goal_region: str = "square"):
         self.num_envs = num_envs
         self.horizon = horizon
         self.max_action = max_action
         self.goal_radius = goal_radius
+        self.goal_region = goal_region
         self.device = torch.device(device)
         self.convention = convention
-        self.action_scale = navigation_action_scale(convention, horizon, max_action, goal_radius, action_scale)
+        self.action_scale = navigation_action_scale(convention, horizon, max_action, goal_radius, action_scale,
+                                                    goal_region)
 
     def reset(self, tasks: Mapping, seeds: object = None) -> Tensor:
         """Start N episodes for ``tasks`` (``{"goal": [N, 2]}``); ``seeds`` are unused (no randomness)."""
@@ -167,9 +182,11 @@ class BatchedNavigation2D:
         move = (self.action_scale * actions.to(self.position)).clamp(-self.max_action, self.max_action)
         live = self.alive.unsqueeze(1)
         self.position = torch.where(live, self.position + move, self.position)
-        distance = torch.sqrt(torch.sum(torch.square(self.position - self.goal), dim=1))  # [N]
+        offset = self.position - self.goal
+        distance = torch.sqrt(torch.sum(torch.square(offset), dim=1))  # [N]
         reward = torch.where(self.alive, -distance, torch.zeros_like(distance))
-        self.alive = self.alive & ~(distance < self.goal_radius)
+        reach = offset.abs().amax(dim=1) if self.goal_region == "square" else distance
+        self.alive = self.alive & ~(reach < self.goal_radius)
         self.steps += 1
         done = ~self.alive | (self.steps >= self.horizon)
         return self.position.clone(), reward, done, {"distance": distance}

@@ -53,6 +53,10 @@ class EnvConfig:
     """Override the convention's action scale (the env receives ``clip(action_scale * action)``)."""
     cost_on_clipped: bool | None = None
     """Locomotion only: override whether the control cost uses the clipped action (``maml``: true)."""
+    goal_region: Literal["square", "disc"] | None = None
+    """Navigation2D only: where an episode ends, within 0.01 of the goal in both coordinates
+    (``square``, the default and the MAML paper's code) or in Euclidean distance (``disc``, what
+    rl_maml's runs before the square used)."""
 
     def __post_init__(self) -> None:
         if self.name not in FAMILIES:
@@ -65,11 +69,14 @@ class EnvConfig:
         if self.cost_on_clipped is not None and self.name == "Navigation2D":
             raise ConfigError("env.cost_on_clipped applies to the locomotion families (Navigation2D has no "
                               "control cost); leave it null")
+        if self.goal_region is not None and self.name != "Navigation2D":
+            raise ConfigError(f"env.goal_region applies to Navigation2D only ({self.name} has no goal region); "
+                              f"leave it null")
 
     def kwargs(self) -> dict:
         """Keyword arguments of the single and batched envs: the convention and the overrides given."""
         overrides = (("horizon", self.horizon), ("action_scale", self.action_scale),
-                     ("cost_on_clipped", self.cost_on_clipped))
+                     ("cost_on_clipped", self.cost_on_clipped), ("goal_region", self.goal_region))
         return {"convention": self.convention} | {k: v for k, v in overrides if v is not None}
 
     def make(self, num_envs: int, device: torch.device):
@@ -140,7 +147,13 @@ class RLEvalConfig:
     num_steps: int = 3
     """Report returns after 0..num_steps inner steps."""
     fast_batch_size: int = 20
-    """Episodes per task and step."""
+    """Episodes per task and step (with ``batch_steps``: per sampling round)."""
+    batch_steps: int | None = None
+    """Env steps per task and step: episodes are sampled (``fast_batch_size`` at a time) until they
+    hold at least this many steps, as the MAML paper's test scripts did (rllab's
+    ``batch_size=4000``), so that once adapted episodes end early there are more of them.
+    null: exactly ``fast_batch_size`` episodes. The oracle, which does not adapt, always uses
+    ``fast_batch_size`` episodes."""
     seed: int = 1234
     """Seed of the test tasks and episodes (shared by every run)."""
     baselines: list[Literal["random", "pretrained", "oracle"]] = field(
@@ -160,6 +173,9 @@ class RLEvalConfig:
                               "num_steps >= 0")
         if self.extra_draws < 0:
             raise ConfigError(f"eval.extra_draws must be >= 0, got {self.extra_draws}")
+        if self.batch_steps is not None and self.batch_steps < 1:
+            raise ConfigError(f"eval.batch_steps must be >= 1 (or null for fast_batch_size episodes), "
+                              f"got {self.batch_steps}")
 
 
 @dataclass
@@ -260,13 +276,15 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         # Every policy adapts with the configured alpha, except Alpha MAML's, which uses its learned alphas.
         lr = agent.meta.inner.step_size if name == "maml" and cfg.method == "alpha_maml" else cfg.inner.inner_lr
         return adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps, lr, LinearFeatureBaseline(),
-                                  cfg.train.gamma, cfg.train.gae_lambda, seed)
+                                  cfg.train.gamma, cfg.train.gae_lambda, seed, steps_per_task=e.batch_steps)
 
+    episode_counts = {}
     for name, policy in policies.items():
         returns, eps = adapt(name, policy, tasks, e.seed)
         mean, ci = mean_ci95(returns.double().cpu(), dim=1)
         methods[name] = {"mean": mean.tolist(), "ci95": ci.tolist(), "per_task": returns.cpu().tolist()}
         episodes[name] = eps
+        episode_counts[name] = [round(ep.mask[0].sum(1).mean().item(), 1) for ep in eps]
     if "oracle" in e.baselines:  # no adaptation: the same returns at every step
         oracle_env = TaskAugmentedBatchedEnv(env)
         oracle = reference_policy(cfg, run_dir, "oracle", device)
@@ -289,7 +307,8 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     results = {
         "benchmark": "metarl", "env": cfg.env.name, "convention": cfg.env.convention,
         "metric": "mean undiscounted return per task (mean over test tasks, 95% CI)",
-        "num_test_tasks": e.num_tasks, "episodes_per_task": e.fast_batch_size, "inner_lr": cfg.inner.inner_lr,
+        "num_test_tasks": e.num_tasks, "episodes_per_task": e.fast_batch_size, "batch_steps": e.batch_steps,
+        "mean_episodes_per_task": episode_counts, "inner_lr": cfg.inner.inner_lr,
         "step_sizes": "alpha, then alpha/2", "test_seed": e.seed, "checkpoint_iteration": iteration,
         "steps": steps, "methods": methods,
     }
@@ -305,7 +324,13 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         row = f"MAML, mean over {len(draws['seeds'])} draws of {e.num_tasks} test tasks (± standard deviation over draws)"
         table += markdown_table({row: {"mean": draws["mean"], "ci95": draws["sd_over_draws"]}}, steps,
                                 digits=1).split("\n", 2)[2]
-    write_results(out, results, f"# {title}\n\n" + table)
+    if e.batch_steps is None:
+        sampling = f"{e.fast_batch_size} episodes per task and step"
+    else:
+        counts = " / ".join(f"{c:g}" for c in episode_counts["maml"])
+        sampling = (f"episodes per task and step until they hold {e.batch_steps} env steps (MAML: {counts} "
+                    f"episodes on average after 0 / 1 / ... steps)")
+    write_results(out, results, f"# {title}\n\nSampling: {sampling}; step size alpha, then alpha/2.\n\n" + table)
     fig, ax = plots.plt.subplots(figsize=(5, 4))
     plots.plot_adaptation_curves(ax, methods, steps, "average return", constant=("oracle",), labels=labels)
     ax.set_title(cfg.env.name if cfg.env.name == "Navigation2D" else f"{cfg.env.name} ({cfg.env.convention})")
@@ -321,12 +346,19 @@ def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.
 
     p, e = cfg.policy, cfg.eval
     path = run_dir / "eval" / "baselines" / f"{name}_{e.baseline_timesteps}.pt"
+    env_kwargs = cfg.env.kwargs()
     if path.is_file():
         state = load_checkpoint(path)
         policy = GaussianMLPPolicy(state["obs_dim"], state["act_dim"], p.hidden_sizes, p.activation)
-        # Caches written before the architecture was stored carry none; their tensor shapes are still checked.
+        # Caches written before the architecture (or the env arguments) were stored carry none; their
+        # tensor shapes are still checked.
         cached = (list(state.get("hidden_sizes", p.hidden_sizes)), state.get("activation", p.activation))
         mismatch = f"it records hidden_sizes={cached[0]}, activation={cached[1]}"
+        if state.get("env", env_kwargs) != env_kwargs:
+            raise ConfigError(
+                f"the cached {name} baseline {path} was trained on another environment than this run's "
+                f"(env arguments {env_kwargs}): it records {state['env']}. Delete {path} to train it again "
+                f"for this environment.")
         if cached == (list(p.hidden_sizes), p.activation):
             try:
                 policy.load_state_dict(state["policy"])
@@ -339,11 +371,11 @@ def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.
             f"Delete {path} to train it again for this policy.")
     print(f"training the {name} baseline with PPO for {e.baseline_timesteps} steps (cached in {path})",
           file=sys.stderr)
-    model = train_ppo(cfg.env.name, cfg.env.kwargs(), p.hidden_sizes, p.activation,
+    model = train_ppo(cfg.env.name, env_kwargs, p.hidden_sizes, p.activation,
                       e.baseline_timesteps, e.seed, append_task=name == "oracle")
     policy = to_gaussian_policy(model, p.hidden_sizes, p.activation)
     save_checkpoint(path, {"policy": policy.state_dict(), "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
-                           "hidden_sizes": list(p.hidden_sizes), "activation": p.activation})
+                           "hidden_sizes": list(p.hidden_sizes), "activation": p.activation, "env": env_kwargs})
     return policy.to(device)
 
 

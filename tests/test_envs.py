@@ -88,6 +88,27 @@ def test_navigation_rewards_by_hand():
     assert term and not trunc and reward == pytest.approx(-0.005, abs=1e-6)
 
 
+@pytest.mark.parametrize("region", ["square", "disc"])
+def test_navigation_goal_region(region):
+    """The episode ends within 0.01 of the goal in both coordinates (square, the reference code's
+    ``abs(x) < 0.01 and abs(y) < 0.01``) or in Euclidean distance (disc); single and batched agree."""
+    goal = [0.05, -0.04]  # one move (at most 0.1 per coordinate) from the origin
+    corner = [0.05 - 0.009, -0.04 + 0.009]  # 0.0127 from the goal: inside the square, outside the disc
+    env = make("Navigation2D", goal_region=region)
+    env.reset(seed=0, options={"task": {"goal": goal}})
+    _, reward, term, _, _ = env.step(corner)
+    assert reward == pytest.approx(-0.009 * np.sqrt(2), abs=1e-6)
+    assert term == (region == "square")
+    batched = make_batched("Navigation2D", 2, goal_region=region)
+    batched.reset({"goal": np.array([goal, goal])})
+    _, reward, done, _ = batched.step(torch.tensor([corner, [0.05 - 0.009, -0.04 + 0.011]]))
+    assert done.tolist() == [region == "square", False]  # 0.011 off in y: outside both
+    assert reward[0].item() == pytest.approx(-0.009 * np.sqrt(2), abs=1e-6)
+    assert make("Navigation2D").goal_region == "square"
+    with pytest.raises(ValueError, match="goal_region must be one of"):
+        make("Navigation2D", goal_region="circle")
+
+
 def test_navigation_maml_convention_normalises_actions():
     """maml (rllab's normalize): actions in [-1, 1] map onto displacements in [-0.1, 0.1]."""
     env = make("Navigation2D", convention="maml")

@@ -57,6 +57,12 @@ def test_evaluation_with_sb3_baselines(preset, tmp_path, capsys):
     assert main(["eval", str(run)]) == 2
     err = capsys.readouterr().err
     assert "was trained for another policy" in err and "pretrained_256.pt to train it again" in err
+    # So is a cache trained on another environment (here, another horizon).
+    config.write_text(config.read_text().replace("activation: tanh", "activation: relu").replace(
+        "horizon: 8", "horizon: 9"))
+    assert main(["eval", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "was trained on another environment" in err and "'horizon': 8" in err and "train it again" in err
 
 
 def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
@@ -76,6 +82,22 @@ def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
     assert "maml_draws" not in json.loads((run / "eval" / "results.json").read_text())
     assert main(["eval", str(run), "eval.extra_draws=-1"]) == 2
     assert "eval.extra_draws must be >= 0" in capsys.readouterr().err
+
+
+def test_evaluation_by_step_budget(tmp_path, capsys):
+    """eval.batch_steps: episodes per task until they hold that many env steps (rllab's batch_size)."""
+    run = tmp_path / "nav"
+    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
+    # Rounds of 2 episodes of at most 8 steps: 20 steps need at least 3 episodes per task.
+    assert main(["eval", str(run), "eval.baselines=[random]", "eval.batch_steps=20"]) == 0
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["batch_steps"] == 20
+    counts = results["mean_episodes_per_task"]
+    assert set(counts) == {"maml", "random"} and all(c >= 3 for c in counts["maml"] + counts["random"])
+    assert "Sampling: episodes per task and step until they hold 20 env steps" in (run / "eval" / "results.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", str(run), "eval.batch_steps=0"]) == 2
+    assert "eval.batch_steps must be >= 1" in capsys.readouterr().err
 
 
 def test_a_checkpoint_that_does_not_fit_the_run_config_is_a_clear_error(tmp_path, capsys):
@@ -109,6 +131,10 @@ def test_rl_config_errors(tmp_path, capsys):
     assert "env.action_scale must be a finite number > 0" in capsys.readouterr().err
     assert main(["train", "navigation", "--run-dir", str(tmp_path / "z"), "env.cost_on_clipped=true"]) == 2
     assert "env.cost_on_clipped applies to the locomotion families" in capsys.readouterr().err
+    assert main(["train", "half_cheetah_dir_maml", "--run-dir", str(tmp_path / "v"), "env.goal_region=disc"]) == 2
+    assert "env.goal_region applies to Navigation2D only" in capsys.readouterr().err
+    assert main(["train", "navigation", "--run-dir", str(tmp_path / "u"), "env.goal_region=circle"]) == 2
+    assert "env.goal_region: expected one of 'square', 'disc' or null, got 'circle'" in capsys.readouterr().err
     assert main(["train", "navigation", "--run-dir", str(tmp_path / "w"), "train.device=gpu"]) == 2
     assert "train.device 'gpu' is not a torch device (use cpu, cuda, cuda:N or auto)" in capsys.readouterr().err
 

@@ -1,0 +1,86 @@
+"""The k-step evaluation's sampling: a fixed episode count, or episodes until a step budget."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rl_maml.functional import TaskBatchedModel
+from rl_maml.rl.baseline import LinearFeatureBaseline
+from rl_maml.rl.episodes import episode_seeds, sample_episodes
+from rl_maml.rl.evaluation import adaptation_returns, sample_step_budget
+from rl_maml.rl.policy import GaussianMLPPolicy
+from rl_maml.seeding import torch_generator
+
+
+class LengthBySeed:
+    """A batched env whose episode lengths are set by the reset seeds: 1 + seed % horizon steps,
+    reward 1 per step (so an episode's return is its length)."""
+
+    obs_dim = 1
+    act_dim = 1
+
+    def __init__(self, num_envs: int, horizon: int):
+        self.num_envs, self.horizon = num_envs, horizon
+
+    def reset(self, tasks, seeds):
+        self.length = torch.tensor([1 + s % self.horizon for s in seeds])
+        self.t = 0
+        return torch.zeros(self.num_envs, 1)
+
+    def step(self, actions):
+        self.t += 1
+        done = self.length <= self.t
+        return torch.full((self.num_envs, 1), float(self.t)), torch.ones(self.num_envs), done, {}
+
+
+def _policy():
+    torch.manual_seed(0)
+    return GaussianMLPPolicy(1, 1, (4,))
+
+
+def test_step_budget_keeps_the_fewest_whole_episodes_that_reach_it():
+    M, B, T, budget, seed = 3, 4, 10, 25, 7
+    env, policy = LengthBySeed(M * B, T), _policy()
+    tasks = {"x": torch.zeros(M)}
+    params = dict(policy.named_parameters())
+    eps = sample_step_budget(env, TaskBatchedModel(policy), params, tasks, B, budget, seed, 0,
+                             torch_generator(seed, "eval-actions", 0))
+    lengths, kept = eps.mask.sum(0), eps.mask[0]
+    assert eps.mask.shape[2] % B == 0 and eps.mask.shape[2] > B  # 4 episodes of <= 10 steps cannot hold 25
+    for m in range(M):
+        n = int(kept[m].sum())
+        assert kept[m, :n].all() and not kept[m, n:].any()  # a prefix of the episodes, in sample order
+        assert lengths[m, :n].sum() >= budget > lengths[m, :n - 1].sum()  # the fewest that reach the budget
+        # Every episode kept is whole: its length is the one its seed gave.
+        seeds = [s for r in range(eps.mask.shape[2] // B)
+                 for s in episode_seeds(seed, *(("eval", 0) if r == 0 else ("eval", 0, "round", r)),
+                                        num_tasks=M, episodes_per_task=B)[m * B:(m + 1) * B]]
+        assert lengths[m, :n].tolist() == [1 + s % T for s in seeds[:n]]
+    assert (eps.rewards.sum(0) == lengths).all()  # dropped episodes carry no reward
+    # Round 0 is the fixed-count sampler's batch, draw for draw.
+    fixed = sample_episodes(env, TaskBatchedModel(policy), params, tasks, B,
+                            episode_seeds(seed, "eval", 0, num_tasks=M, episodes_per_task=B),
+                            torch_generator(seed, "eval-actions", 0))
+    assert torch.equal(fixed.actions, eps.actions[:, :, :B])
+
+
+def test_adaptation_returns_average_over_the_kept_episodes_only():
+    M, B, T = 2, 3, 6
+    env, policy = LengthBySeed(M * B, T), _policy()
+    tasks = {"x": torch.zeros(M)}
+    args = (policy, env, tasks, B, 1, 0.1, LinearFeatureBaseline(), 0.99, 1.0, 3)
+    returns, eps = adaptation_returns(*args, steps_per_task=20)
+    for s, ep in enumerate(eps):
+        kept = ep.mask[0]
+        expected = ep.mask.sum(0).sum(1) / kept.sum(1)  # return = length: the mean length of the kept episodes
+        assert torch.allclose(returns[s], expected)
+        assert (ep.mask.sum(dim=(0, 2)) >= 20).all()
+    fixed, _ = adaptation_returns(*args)  # B episodes per task: the mean over all of them
+    assert fixed.shape == returns.shape
+    assert torch.equal(fixed[0], sample_episodes(env, TaskBatchedModel(policy), dict(policy.named_parameters()),
+                                                 tasks, B, episode_seeds(3, "eval", 0, num_tasks=M,
+                                                                         episodes_per_task=B),
+                                                 torch_generator(3, "eval-actions", 0)).returns().mean(1))
+    with pytest.raises(ValueError, match="steps_per_task must be >= 1"):
+        adaptation_returns(*args, steps_per_task=0)
