@@ -84,12 +84,14 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
     ## Arguments
 
     ``task`` (initial task; default: a fixed sample), ``horizon`` (100), ``max_action`` (0.1),
-    ``goal_radius`` (0.01), ``goal_region`` (``"square"`` or ``"disc"``, see Episode End), ``convention`` (``"gym"`` or ``"maml"``, see Action Space),
-    ``action_scale`` (override the convention's).
+    ``goal_radius`` (0.01), ``goal_region`` (``"square"`` or ``"disc"``, see Episode End),
+    ``convention`` (``"gym"`` or ``"maml"``, see Action Space), ``action_scale`` (override the
+    convention's).
 
     ## Version History
 
-    * v0: initial version.
+    * v0: initial version; since 2026-11-22 episodes end in the square by default (the disc
+      before; ``goal_region="disc"`` restores it).
     """
 
     metadata = {"render_modes": []}
