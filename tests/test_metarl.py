@@ -16,6 +16,12 @@ TINY = ["train.meta_batch_size=2", "train.fast_batch_size=2", "env.horizon=8", "
         "eval.num_tasks=2", "eval.fast_batch_size=2", "eval.num_steps=1"]
 
 
+def train_tiny_navigation(run):
+    """One tiny iteration of the navigation preset in ``run``; returns ``run``."""
+    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
+    return run
+
+
 def test_every_family_has_presets_in_both_conventions():
     families = {"half_cheetah_vel", "half_cheetah_dir", "ant_vel", "ant_dir", "ant_goal"}
     assert {f"{f}_{c}" for f in families for c in ("maml", "gym")} | {"navigation"} <= set(RL_PRESETS)
@@ -66,8 +72,7 @@ def test_evaluation_with_sb3_baselines(preset, tmp_path, capsys):
 
 
 def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
-    run = tmp_path / "nav"
-    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
+    run = train_tiny_navigation(tmp_path / "nav")
     assert main(["eval", str(run), "eval.baselines=[random]", "eval.extra_draws=2"]) == 0
     assert "| MAML, mean over 3 draws of 2 test tasks (± standard deviation over draws) |" in capsys.readouterr().out
     results = json.loads((run / "eval" / "results.json").read_text())
@@ -86,8 +91,7 @@ def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
 
 def test_evaluation_by_step_budget(tmp_path, capsys):
     """eval.batch_steps: episodes per task until they hold that many env steps (rllab's batch_size)."""
-    run = tmp_path / "nav"
-    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
+    run = train_tiny_navigation(tmp_path / "nav")
     # Rounds of 2 episodes of at most 8 steps: 20 steps need at least 3 episodes per task.
     assert main(["eval", str(run), "eval.baselines=[random]", "eval.batch_steps=20"]) == 0
     results = json.loads((run / "eval" / "results.json").read_text())
@@ -101,8 +105,7 @@ def test_evaluation_by_step_budget(tmp_path, capsys):
 
 
 def test_a_checkpoint_that_does_not_fit_the_run_config_is_a_clear_error(tmp_path, capsys):
-    run = tmp_path / "nav"
-    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
+    run = train_tiny_navigation(tmp_path / "nav")
     config = run / "config.yaml"
     assert "hidden_sizes: [8]" in config.read_text()
     config.write_text(config.read_text().replace("hidden_sizes: [8]", "hidden_sizes: [16]"))
@@ -124,19 +127,17 @@ def test_resume_is_exact(tmp_path):
     assert not all(torch.equal(a[k], start[k]) for k in a)  # training moved the policy
 
 
-def test_rl_config_errors(tmp_path, capsys):
-    assert main(["train", "navigation", "--run-dir", str(tmp_path / "x"), "env.name=Hopper"]) == 2
-    assert "env.name must be one of" in capsys.readouterr().err
-    assert main(["train", "navigation", "--run-dir", str(tmp_path / "y"), "env.action_scale=-2.0"]) == 2
-    assert "env.action_scale must be a finite number > 0" in capsys.readouterr().err
-    assert main(["train", "navigation", "--run-dir", str(tmp_path / "z"), "env.cost_on_clipped=true"]) == 2
-    assert "env.cost_on_clipped applies to the locomotion families" in capsys.readouterr().err
-    assert main(["train", "half_cheetah_dir_maml", "--run-dir", str(tmp_path / "v"), "env.goal_region=disc"]) == 2
-    assert "env.goal_region applies to Navigation2D only" in capsys.readouterr().err
-    assert main(["train", "navigation", "--run-dir", str(tmp_path / "u"), "env.goal_region=circle"]) == 2
-    assert "env.goal_region: expected one of 'square', 'disc' or null, got 'circle'" in capsys.readouterr().err
-    assert main(["train", "navigation", "--run-dir", str(tmp_path / "w"), "train.device=gpu"]) == 2
-    assert "train.device 'gpu' is not a torch device (use cpu, cuda, cuda:N or auto)" in capsys.readouterr().err
+@pytest.mark.parametrize("preset, override, message", [
+    ("navigation", "env.name=Hopper", "env.name must be one of"),
+    ("navigation", "env.action_scale=-2.0", "env.action_scale must be a finite number > 0"),
+    ("navigation", "env.cost_on_clipped=true", "env.cost_on_clipped applies to the locomotion families"),
+    ("half_cheetah_dir_maml", "env.goal_region=disc", "env.goal_region applies to Navigation2D only"),
+    ("navigation", "env.goal_region=circle", "env.goal_region: expected one of 'square', 'disc' or null, got 'circle'"),
+    ("navigation", "train.device=gpu", "train.device 'gpu' is not a torch device (use cpu, cuda, cuda:N or auto)"),
+])
+def test_rl_config_errors(preset, override, message, tmp_path, capsys):
+    assert main(["train", preset, "--run-dir", str(tmp_path / "x"), override]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_alpha_maml_trpo_adapts_alpha_from_the_meta_step(tmp_path, capsys):
