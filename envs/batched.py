@@ -8,7 +8,9 @@ from the same generator (``gymnasium.utils.seeding.np_random(seed)``), so a batc
 single-env episode with the same seed, task and actions agree step by step (tested).
 
 Episodes that end early (the Ant falling) are masked, not reset: they are no longer simulated,
-their observation stays, their reward is 0.
+their observation stays, their reward is 0. (Sampling by env-step budget,
+``train.batch_steps``, starts further episodes in later rounds instead; see
+:func:`rl_maml.rl.episodes.sample_step_budget`.)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 from gymnasium.utils import seeding
 from mujoco import batch as mjbatch
-from rl_maml.envs.locomotion import LocomotionEnv, reset_state, step_reward
+from rl_maml.envs.locomotion import LocomotionEnv, SimState, read_state, step_reward
 from torch import Tensor
 
 
@@ -51,7 +53,8 @@ class BatchedLocomotion:
         self.horizon = self.proto.horizon
         self.dt = self.proto.dt
         self.frame_skip = self.proto.frame_skip
-        self.obs_dim = self.robot.obs_dim
+        self.reference = self.proto.convention.reference
+        self.obs_dim = self.proto.obs_dim
         self.act_dim = self.proto.action_space.shape[0]
         self.dtype, self.device = dtype, torch.device(device)
         model = self.proto.model
@@ -61,12 +64,16 @@ class BatchedLocomotion:
         self.ctrl = self.batch.bind("ctrl")  # [N, nu], live
         self.xpos = self.batch.bind("xpos")  # [N, nbody, 3], refreshed after each call
         self.cfrc_ext = self.batch.bind("cfrc_ext")  # [N, nbody, 6], refreshed after each call
+        self.xmat = self.batch.bind("xmat")  # [N, nbody, 9]
+        self.subtree_com = self.batch.bind("subtree_com")  # [N, nbody, 3]
+        # [N, nbody, 3]; filled by the maml models' subtreelinvel sensor (see load_model)
+        self.subtree_linvel = self.batch.bind("subtree_linvel") if self.reference else None
         self._torso = self.proto._torso
-        self._init = (self.proto.init_qpos.copy(), self.proto.init_qvel.copy())
         self.alive = np.zeros(num_envs, dtype=bool)
 
-    def _observe(self) -> np.ndarray:
-        return self.robot.observation(self.qpos, self.qvel, self.xpos[:, self._torso], self.cfrc_ext)
+    def _state(self) -> SimState:
+        return read_state(self.qpos, self.qvel, self.cfrc_ext, self.xpos, self.xmat, self.subtree_com,
+                          self.subtree_linvel, self._torso)
 
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.dtype).to(self.device)
@@ -87,11 +94,11 @@ class BatchedLocomotion:
         self.batch.reset(stage=mujoco.mjtStage.mjSTAGE_NONE)
         for i, seed in enumerate(seeds):
             rng, _ = seeding.np_random(int(seed))
-            self.qpos[i], self.qvel[i] = reset_state(rng, *self._init, self.proto.reset_noise_scale)
+            self.qpos[i], self.qvel[i] = self.proto.initial_state(rng)
         self.batch.forward()
         self.alive = np.ones(n, dtype=bool)
         self.steps = 0
-        self._obs = self._observe()
+        self._obs = self.robot.observation(self._state(), self.reference)
         return self._tensor(self._obs)
 
     def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
@@ -111,12 +118,16 @@ class BatchedLocomotion:
         control = self.proto.control(a)
         self.ctrl[:] = control
         qpos_before = self.qpos.copy()
-        self.batch.step(ids=None if live.all() else np.flatnonzero(live), nstep=self.frame_skip)
-        reward, terms = step_reward(self.robot, self.env_cls.forward_reward, self.task, qpos_before, self.qpos,
-                                    self.proto.cost_action(a, control), self.cfrc_ext, self.dt)
-        obs = self._observe()
+        ids = None if live.all() else np.flatnonzero(live)
+        self.batch.step(ids=ids, nstep=self.frame_skip)
+        if self.reference:  # the state after a forward pass at the new positions (rllab's forward_dynamics)
+            self.batch.forward(ids=ids)
+        state = self._state()
+        reward, terms = step_reward(self.robot, self.env_cls.forward_reward, self.task, qpos_before, state,
+                                    self.proto.cost_action(a, control), self.dt, self.reference)
+        obs = self.robot.observation(state, self.reference)
         self._obs = np.where(live[:, None], obs, self._obs)
-        terminated = self.robot.terminated(self.qpos, self.qvel) & live
+        terminated = self.robot.terminated(state.qpos, state.qvel) & live
         self.alive = live & ~terminated
         self.steps += 1
         reward = np.where(live, reward, 0.0)
