@@ -12,7 +12,7 @@ import torch
 
 from rl_maml.inner import InnerLoop
 from rl_maml.rl.baseline import LinearFeatureBaseline
-from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes
+from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes, sample_step_budget
 from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
 from rl_maml.seeding import numpy_generator, torch_generator
@@ -33,13 +33,20 @@ class MAMLTRPOAgent:
         meta_step_threads: torch threads during the meta-step (0: all cores). Sampling keeps the
             caller's setting (one thread leaves the cores to MuJoCo, whose threads are idle during
             the meta-step).
+        batch_steps: env steps per task and inner step: episodes are sampled, ``fast_batch_size``
+            at a time, until each task holds this many steps (rllab's sampler; see
+            :func:`~rl_maml.rl.episodes.sample_step_budget`). ``None``: exactly
+            ``fast_batch_size`` episodes per task.
     """
 
     name = "maml"
 
     def __init__(self, env, policy: GaussianMLPPolicy, inner: InnerLoop, trpo: TRPOSettings, meta_batch_size: int,
                  fast_batch_size: int, gamma: float = 0.99, gae_lambda: float = 1.0, seed: int = 0,
-                 meta_step_threads: int = 0):
+                 meta_step_threads: int = 0, batch_steps: int | None = None):
+        if batch_steps is not None and batch_steps < 1:
+            raise ValueError(f"batch_steps must be >= 1 (or None for fast_batch_size episodes), got {batch_steps}")
+        self.batch_steps = batch_steps
         self.env = env
         self.policy = policy
         self.meta = MAMLTRPO(policy, inner, trpo)
@@ -57,8 +64,12 @@ class MAMLTRPOAgent:
     def _sample(self, params, tasks, *keys) -> Episodes:
         seeds = episode_seeds(self.seed, *keys, num_tasks=self.M, episodes_per_task=self.B)
         gen = torch_generator(self.seed, "actions", *keys, device=self.device)
-        episodes = sample_episodes(self.env, self.meta.batched, {k: v.detach() for k, v in params.items()}, tasks,
-                                   self.B, seeds, gen)
+        params = {k: v.detach() for k, v in params.items()}
+        if self.batch_steps is None:
+            episodes = sample_episodes(self.env, self.meta.batched, params, tasks, self.B, seeds, gen)
+        else:
+            episodes = sample_step_budget(self.env, self.meta.batched, params, tasks, self.B, self.batch_steps,
+                                          self.seed, keys, gen)
         episodes.compute_advantages(self.baseline, self.gamma, self.gae_lambda)
         return episodes
 
@@ -84,10 +95,11 @@ class MAMLTRPOAgent:
             torch.set_num_threads(sampling_threads)
         t3 = time.perf_counter()
         t_sample += t2 - t1
-        steps = sum(e.num_steps() for e in train) + valid.num_steps()
+        steps = sum(e.env_steps() for e in train) + valid.env_steps()
         logs.update({
-            "charts/return_pre": train[0].returns().mean().item() if train else float("nan"),
-            "charts/return_post": valid.returns().mean().item(),
+            "charts/return_pre": train[0].mean_return() if train else float("nan"),
+            "charts/return_post": valid.mean_return(),
+            "charts/episodes_per_task": valid.kept().sum(1).float().mean().item(),
             "charts/env_steps": float(steps),
             "time/env_steps_per_s": steps / (t3 - t0),
             "time/sampling_s": t_sample,

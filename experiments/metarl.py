@@ -112,7 +112,13 @@ class RLTrainConfig:
     meta_batch_size: int = 40
     """Tasks per meta-batch (M)."""
     fast_batch_size: int = 20
-    """Episodes per task and inner step (B)."""
+    """Episodes per task and inner step (B); with ``batch_steps``, per sampling round."""
+    batch_steps: int | None = None
+    """Env steps per task and inner step (and for the validation episodes): episodes are sampled,
+    ``fast_batch_size`` at a time, until each task holds at least this many steps, whole episodes
+    only, as rllab's sampler did for the MAML paper (``fast_batch_size x max_path_length`` = 4000
+    steps per task). Episodes that end early (a falling Ant) are then followed by more episodes
+    instead of leaving the task with less data. null: exactly ``fast_batch_size`` episodes."""
     gamma: float = 0.99
     """Discount factor."""
     gae_lambda: float = 1.0
@@ -136,6 +142,9 @@ class RLTrainConfig:
             raise ConfigError("train: sizes and intervals must be positive")
         if not (0 < self.gamma <= 1 and 0 <= self.gae_lambda <= 1):
             raise ConfigError("train.gamma must be in (0, 1] and train.gae_lambda in [0, 1]")
+        if self.batch_steps is not None and self.batch_steps < 1:
+            raise ConfigError(f"train.batch_steps must be >= 1 (or null for fast_batch_size episodes), "
+                              f"got {self.batch_steps}")
 
 
 @dataclass
@@ -228,11 +237,11 @@ def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:
                                           cfg.variant.alpha_hyper_lr, step_scales=tuple(cfg.inner.step_scales))
         alpha_inner = InnerLoop(step_size, inner.num_steps, inner.first_order, inner.mask)
         return AlphaMAMLTRPOAgent(env, policy, alpha_inner, cfg.trpo, t.meta_batch_size, t.fast_batch_size, t.gamma,
-                                  t.gae_lambda, cfg.seed, t.meta_step_threads)
+                                  t.gae_lambda, cfg.seed, t.meta_step_threads, t.batch_steps)
 
     factories = {
         "maml": lambda: MAMLTRPOAgent(env, policy, inner, cfg.trpo, t.meta_batch_size, t.fast_batch_size, t.gamma,
-                                      t.gae_lambda, cfg.seed, t.meta_step_threads),
+                                      t.gae_lambda, cfg.seed, t.meta_step_threads, t.batch_steps),
         "alpha_maml": alpha_maml,
     }
     return factories[cfg.method]()

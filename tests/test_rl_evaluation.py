@@ -7,8 +7,8 @@ import torch
 
 from rl_maml.functional import TaskBatchedModel
 from rl_maml.rl.baseline import LinearFeatureBaseline
-from rl_maml.rl.episodes import episode_seeds, sample_episodes
-from rl_maml.rl.evaluation import adaptation_returns, sample_step_budget
+from rl_maml.rl.episodes import episode_seeds, sample_episodes, sample_step_budget
+from rl_maml.rl.evaluation import adaptation_returns
 from rl_maml.rl.policy import GaussianMLPPolicy
 from rl_maml.seeding import torch_generator
 
@@ -44,16 +44,28 @@ def test_step_budget_keeps_the_fewest_whole_episodes_that_reach_it():
     env, policy = LengthBySeed(M * B, T), _policy()
     tasks = {"x": torch.zeros(M)}
     params = dict(policy.named_parameters())
-    eps = sample_step_budget(env, TaskBatchedModel(policy), params, tasks, B, budget, seed, 0,
+    eps = sample_step_budget(env, TaskBatchedModel(policy), params, tasks, B, budget, seed, ("eval", 0),
                              torch_generator(seed, "eval-actions", 0))
-    lengths, kept = eps.mask.sum(0), eps.mask[0]
-    assert eps.mask.shape[2] % B == 0 and eps.mask.shape[2] > B  # 4 episodes of <= 10 steps cannot hold 25
+    lengths, kept = eps.mask.sum(0), eps.kept()
+    assert eps.mask.shape[2] > B  # 4 episodes of <= 10 steps cannot hold 25
+    assert eps.mask.shape[2] == kept.sum(1).max()  # cut to the most episodes a task keeps
+    rounds = 0
+    sampled = 0
+    while True:  # every round's episodes were simulated whole, kept or not
+        keys = ("eval", 0) if rounds == 0 else ("eval", 0, "round", rounds)
+        round_lengths = torch.tensor([1 + s % T for s in episode_seeds(seed, *keys, num_tasks=M,
+                                                                          episodes_per_task=B)]).view(M, B)
+        sampled += int(round_lengths.sum())
+        rounds += 1
+        if rounds * B >= eps.mask.shape[2] and (lengths.sum(1) >= budget).all():
+            break
+    assert eps.sampled_steps == sampled and eps.env_steps() == sampled > eps.num_steps()
     for m in range(M):
         n = int(kept[m].sum())
         assert kept[m, :n].all() and not kept[m, n:].any()  # a prefix of the episodes, in sample order
         assert lengths[m, :n].sum() >= budget > lengths[m, :n - 1].sum()  # the fewest that reach the budget
         # Every episode kept is whole: its length is the one its seed gave.
-        seeds = [s for r in range(eps.mask.shape[2] // B)
+        seeds = [s for r in range(rounds)
                  for s in episode_seeds(seed, *(("eval", 0) if r == 0 else ("eval", 0, "round", r)),
                                         num_tasks=M, episodes_per_task=B)[m * B:(m + 1) * B]]
         assert lengths[m, :n].tolist() == [1 + s % T for s in seeds[:n]]

@@ -30,14 +30,33 @@ class Episodes:
     rewards: Tensor
     mask: Tensor
     advantages: Tensor | None = None
+    sampled_steps: int | None = None
+    """Env steps simulated to collect these episodes, when more than the mask holds (a step budget
+    drops the episodes past it); ``None``: the mask's count."""
 
     @property
     def num_tasks(self) -> int:
         return self.obs.shape[1]
 
     def returns(self) -> Tensor:
-        """Undiscounted return of every episode, ``[M, B]``."""
+        """Undiscounted return of every episode, ``[M, B]`` (0 for an episode slot left empty)."""
         return (self.rewards * self.mask).sum(0)
+
+    def kept(self) -> Tensor:
+        """``[M, B]``: 1 for every episode slot that holds an episode (every episode takes a first step)."""
+        return self.mask[0]
+
+    def task_returns(self) -> Tensor:
+        """Mean undiscounted return per task over its episodes, ``[M]``."""
+        return self.returns().sum(1) / self.kept().sum(1).clamp(min=1)
+
+    def mean_return(self) -> float:
+        """Mean undiscounted return per episode, over all tasks' episodes."""
+        return (self.returns().sum() / self.kept().sum().clamp(min=1)).item()
+
+    def env_steps(self) -> int:
+        """Env steps simulated for these episodes (see ``sampled_steps``)."""
+        return self.num_steps() if self.sampled_steps is None else self.sampled_steps
 
     def first_episodes(self, count: int) -> Episodes:
         """The first ``count`` episodes of every task (a subsample; episodes are i.i.d.)."""
@@ -115,3 +134,45 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
         if not alive.any():
             break
     return Episodes(obs_buf, act_buf, rew_buf, mask_buf)
+
+
+def concat_episodes(parts: list[Episodes]) -> Episodes:
+    """Episodes side by side along the episode axis B (advantages are not carried)."""
+    return Episodes(*(torch.cat([getattr(p, f) for p in parts], dim=2) for f in ("obs", "actions", "rewards", "mask")),
+                    sampled_steps=sum(p.env_steps() for p in parts))
+
+
+def sample_step_budget(env, policy: TaskBatchedModel, params: Params, tasks: Mapping[str, Tensor],
+                       episodes_per_task: int, steps_per_task: int, seed: int, keys: tuple,
+                       generator: torch.Generator) -> Episodes:
+    """Episodes of every task until they hold at least ``steps_per_task`` env steps (rllab's sampler).
+
+    rllab's samplers collected whole episodes for each task until the task held its share of the
+    batch (``fast_batch_size x max_path_length`` steps in MAML's training, ``batch_size`` steps in
+    its test scripts), starting a new episode whenever one ended early. Here rounds of
+    ``episodes_per_task`` episodes per task are sampled until every task has the budget (round 0
+    uses the reset seeds of a fixed-count batch with the same ``keys``, later rounds
+    ``(*keys, "round", r)``); each task then keeps its fewest first episodes whose lengths sum to
+    at least the budget. The episodes past that are masked out (mask and rewards 0), so that every
+    masked computation (baseline fit, advantages, inner loss, surrogate, KL) ignores them, and the
+    episode axis is cut to the most episodes any task keeps. ``kept()`` tells which slots hold
+    episodes; ``sampled_steps`` counts every simulated step.
+    """
+    if steps_per_task < 1:
+        raise ValueError(f"steps_per_task must be >= 1, got {steps_per_task}")
+    M = len(next(iter(tasks.values())))
+    parts, total, r = [], torch.zeros(M), 0
+    while not parts or bool((total < steps_per_task).any()):
+        round_keys = keys if r == 0 else (*keys, "round", r)
+        seeds = episode_seeds(seed, *round_keys, num_tasks=M, episodes_per_task=episodes_per_task)
+        parts.append(sample_episodes(env, policy, params, tasks, episodes_per_task, seeds, generator))
+        total += parts[-1].mask.sum(dim=(0, 2)).cpu()
+        r += 1
+    episodes = concat_episodes(parts)
+    lengths = episodes.mask.sum(0)  # [M, B * rounds]
+    keep = (lengths.cumsum(1) - lengths < steps_per_task).to(episodes.mask.dtype)
+    width = int(keep.sum(1).max().item())
+    keep = keep[:, :width]
+    return Episodes(episodes.obs[:, :, :width], episodes.actions[:, :, :width],
+                    episodes.rewards[:, :, :width] * keep, episodes.mask[:, :, :width] * keep,
+                    sampled_steps=episodes.sampled_steps)

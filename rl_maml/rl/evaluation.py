@@ -8,41 +8,10 @@ import torch
 from torch import Tensor
 
 from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop, StepSize, step_scale
-from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes
+from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes, sample_step_budget
 from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
 from rl_maml.seeding import torch_generator
-
-
-def _concat(parts: list[Episodes]) -> Episodes:
-    return Episodes(*(torch.cat([getattr(p, f) for p in parts], dim=2) for f in ("obs", "actions", "rewards", "mask")))
-
-
-def sample_step_budget(env, policy, params, tasks: Mapping[str, Tensor], episodes_per_task: int, steps_per_task: int,
-                       seed: int, step: int, generator: torch.Generator) -> Episodes:
-    """Episodes of every task until they hold at least ``steps_per_task`` env steps.
-
-    Rounds of ``episodes_per_task`` episodes (round 0's reset seeds are those of a fixed-count
-    evaluation) are sampled until every task has the budget; each task then keeps its fewest
-    first episodes whose lengths sum to at least the budget, whole episodes as rllab's sampler
-    kept them. Dropped episodes are masked out (mask and rewards 0), so that every masked
-    computation (baseline fit, advantages, the inner loss) ignores them; ``Episodes.mask[0]``
-    tells which episodes are kept.
-    """
-    M = len(next(iter(tasks.values())))
-    parts, total, r = [], torch.zeros(M), 0
-    while not parts or bool((total < steps_per_task).any()):
-        keys = ("eval", step) if r == 0 else ("eval", step, "round", r)
-        seeds = episode_seeds(seed, *keys, num_tasks=M, episodes_per_task=episodes_per_task)
-        parts.append(sample_episodes(env, policy, params, tasks, episodes_per_task, seeds, generator))
-        total += parts[-1].mask.sum(dim=(0, 2)).cpu()
-        r += 1
-    episodes = _concat(parts)
-    lengths = episodes.mask.sum(0)  # [M, B]
-    keep = (lengths.cumsum(1) - lengths < steps_per_task).to(episodes.mask.dtype)
-    episodes.mask = episodes.mask * keep
-    episodes.rewards = episodes.rewards * keep
-    return episodes
 
 
 def adaptation_returns(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tensor], episodes_per_task: int,
@@ -87,9 +56,8 @@ def adaptation_returns(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tenso
             episodes = sample_episodes(env, meta.batched, params, tasks, episodes_per_task, seeds, generator)
         else:
             episodes = sample_step_budget(env, meta.batched, params, tasks, episodes_per_task, steps_per_task,
-                                          seed, s, generator)
-        kept = episodes.mask[0]  # [M, B]: every episode takes its first step
-        returns.append(episodes.returns().sum(1) / kept.sum(1))
+                                          seed, ("eval", s), generator)
+        returns.append(episodes.task_returns())
         all_episodes.append(episodes)
         if s < num_steps:
             episodes.compute_advantages(baseline, gamma, gae_lambda)

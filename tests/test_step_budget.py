@@ -1,0 +1,127 @@
+"""Training by env-step budget (``train.batch_steps``): episodes that end early are followed by more,
+and every masked computation sees only the episodes kept."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from rl_maml.agents.maml_trpo import MAMLTRPOAgent
+from rl_maml.experiments.cli import main
+
+from rl_maml.functional import expand_params
+from rl_maml.inner import ConstantStepSize, InnerLoop
+from rl_maml.rl.baseline import LinearFeatureBaseline
+from rl_maml.rl.episodes import Episodes, sample_step_budget
+from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
+from rl_maml.rl.policy import GaussianMLPPolicy
+from rl_maml.seeding import torch_generator
+
+
+class ShortEpisodes:
+    """A batched env whose episode lengths follow the reset seeds (1 + seed % horizon); the
+    observation drifts with the action, the reward is the action's first entry."""
+
+    obs_dim, act_dim = 2, 2
+
+    def __init__(self, num_envs: int, horizon: int):
+        self.num_envs, self.horizon = num_envs, horizon
+
+        class Tasks:
+            @staticmethod
+            def sample(n, rng):
+                return {"x": rng.uniform(-1, 1, size=n)}
+
+        self.TASKS = Tasks
+
+    def reset(self, tasks, seeds):
+        self.length = torch.tensor([1 + s % self.horizon for s in seeds])
+        self.t = 0
+        self.obs = torch.as_tensor(tasks["x"], dtype=torch.float32).view(-1, 1).repeat(1, 2)
+        return self.obs.clone()
+
+    def step(self, actions):
+        self.t += 1
+        self.obs = self.obs + 0.1 * actions.float()
+        return self.obs.clone(), actions[:, 0].float(), self.length <= self.t, {}
+
+
+def _sample(M=3, B=4, T=10, budget=25, seed=5):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (8,))
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.1), first_order=True), TRPOSettings())
+    env = ShortEpisodes(M * B, T)
+    tasks = {"x": torch.linspace(-0.5, 0.5, M)}
+    eps = sample_step_budget(env, meta.batched, meta.params(), tasks, B, budget, seed, (0, 0),
+                             torch_generator(seed, "actions", 0))
+    return meta, eps
+
+
+def _kept_only(eps: Episodes, m: int) -> Episodes:
+    """Task m's kept episodes alone, as if sampled without the budget's extra slots."""
+    n = int(eps.kept()[m].sum())
+    return Episodes(*(getattr(eps, f)[:, m:m + 1, :n] for f in ("obs", "actions", "rewards", "mask")))
+
+
+def test_baseline_advantages_and_inner_loss_ignore_the_dropped_episodes():
+    meta, eps = _sample()
+    kept = eps.kept()
+    assert (kept.sum(1) > 4).any()  # a task whose first round of 4 episodes fell short got more
+    assert (kept.sum(1) < eps.mask.shape[2]).any()  # and some tasks' slots past their budget are empty
+    adv = eps.compute_advantages(LinearFeatureBaseline(), 0.99, 1.0)
+    assert (adv[eps.mask == 0] == 0).all()
+    losses = meta.inner_loss(expand_params(meta.params(), eps.num_tasks), eps)
+    for m in range(eps.num_tasks):
+        alone = _kept_only(eps, m)
+        alone_adv = alone.compute_advantages(LinearFeatureBaseline(), 0.99, 1.0)
+        n = alone.mask.shape[2]
+        torch.testing.assert_close(adv[:, m:m + 1, :n], alone_adv, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(losses[m:m + 1], meta.inner_loss(expand_params(meta.params(), 1), alone), atol=1e-6, rtol=1e-5)
+        # The mean return is over the kept episodes only (empty slots are not zeros in the average).
+        assert eps.task_returns()[m].item() == alone.returns().mean().item()
+
+
+def test_surrogate_and_kl_ignore_the_dropped_episodes():
+    meta, eps = _sample()
+    eps.compute_advantages(LinearFeatureBaseline(), 0.99, 1.0)
+    adapted = meta.adapt_step(meta.params(), eps, 0)
+    loss, kl, _ = meta.surrogate(adapted, eps)
+    per_task = []
+    for m in range(eps.num_tasks):
+        alone = _kept_only(eps, m)
+        alone.advantages = eps.advantages[:, m:m + 1, :alone.mask.shape[2]]
+        per_task.append(meta.surrogate({k: v[m:m + 1] for k, v in adapted.items()}, alone)[0])
+    torch.testing.assert_close(loss, torch.stack(per_task).mean(), atol=1e-6, rtol=1e-5)
+    assert kl.item() == 0.0
+
+
+def test_agent_trains_on_the_budget_and_is_deterministic():
+    def run():
+        torch.manual_seed(0)
+        policy = GaussianMLPPolicy(2, 2, (8,))
+        env = ShortEpisodes(2 * 3, 6)
+        agent = MAMLTRPOAgent(env, policy, InnerLoop(ConstantStepSize(0.1)), TRPOSettings(), 2, 3, seed=1,
+                              batch_steps=15)
+        logs = agent.train_step(1)
+        return logs, {k: v.detach().clone() for k, v in policy.state_dict().items()}
+
+    logs, params = run()
+    # 3 episodes of at most 6 steps cannot hold 15: every task got more, and every simulated step counts
+    assert logs["charts/episodes_per_task"] > 3
+    assert logs["charts/env_steps"] >= 2 * 2 * 15  # 2 tasks x (train + valid) x the budget
+    logs2, params2 = run()
+    untimed = {k: v for k, v in logs.items() if not k.startswith("time/")}
+    assert {k: logs2[k] for k in untimed} == untimed and all(torch.equal(params[k], params2[k]) for k in params)
+
+
+def test_batch_steps_end_to_end_and_config_error(tmp_path, capsys):
+    run = tmp_path / "nav"
+    tiny = ["train.meta_batch_size=2", "train.fast_batch_size=2", "env.horizon=8", "policy.hidden_sizes=[8]",
+            "eval.num_tasks=2", "eval.fast_batch_size=2", "eval.num_steps=1", "--no-progress"]
+    assert main(["train", "navigation", "--run-dir", str(run), "train.num_iterations=1", "train.batch_steps=20",
+                 *tiny]) == 0
+    assert main(["eval", str(run), "eval.baselines=[random]"]) == 0
+    assert json.loads((run / "eval" / "results.json").read_text())["methods"]["maml"]["mean"]
+    capsys.readouterr()
+    assert main(["train", "navigation", "--run-dir", str(tmp_path / "bad"), "train.batch_steps=0"]) == 2
+    assert "train.batch_steps must be >= 1" in capsys.readouterr().err
