@@ -163,6 +163,9 @@ class RLEvalConfig:
     ``batch_size=4000``), so that once adapted episodes end early there are more of them.
     null: exactly ``fast_batch_size`` episodes. The oracle, which does not adapt, always uses
     ``fast_batch_size`` episodes."""
+    step_scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
+    """Step k's step size is ``inner.inner_lr * step_scales[k]`` (the last entry repeats): the MAML
+    paper's alpha, then alpha/2 by default; its AntDir test script used alpha, then alpha/100."""
     seed: int = 1234
     """Seed of the test tasks and episodes (shared by every run)."""
     baselines: list[Literal["random", "pretrained", "oracle"]] = field(
@@ -185,6 +188,9 @@ class RLEvalConfig:
         if self.batch_steps is not None and self.batch_steps < 1:
             raise ConfigError(f"eval.batch_steps must be >= 1 (or null for fast_batch_size episodes), "
                               f"got {self.batch_steps}")
+        if not self.step_scales or not all(math.isfinite(x) and x >= 0 for x in self.step_scales):
+            raise ConfigError(f"eval.step_scales must be a non-empty list of finite numbers >= 0, "
+                              f"got {self.step_scales}")
 
 
 @dataclass
@@ -285,7 +291,8 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         # Every policy adapts with the configured alpha, except Alpha MAML's, which uses its learned alphas.
         lr = agent.meta.inner.step_size if name == "maml" and cfg.method == "alpha_maml" else cfg.inner.inner_lr
         return adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps, lr, LinearFeatureBaseline(),
-                                  cfg.train.gamma, cfg.train.gae_lambda, seed, steps_per_task=e.batch_steps)
+                                  cfg.train.gamma, cfg.train.gae_lambda, seed, step_scales=tuple(e.step_scales),
+                                  steps_per_task=e.batch_steps)
 
     episode_counts = {}
     for name, policy in policies.items():
@@ -318,7 +325,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         "metric": "mean undiscounted return per task (mean over test tasks, 95% CI)",
         "num_test_tasks": e.num_tasks, "episodes_per_task": e.fast_batch_size, "batch_steps": e.batch_steps,
         "mean_episodes_per_task": episode_counts, "inner_lr": cfg.inner.inner_lr,
-        "step_sizes": "alpha, then alpha/2", "test_seed": e.seed, "checkpoint_iteration": iteration,
+        "step_sizes": step_sizes_text(e.step_scales), "step_scales": list(e.step_scales), "test_seed": e.seed, "checkpoint_iteration": iteration,
         "steps": steps, "methods": methods,
     }
     if draws is not None:
@@ -339,7 +346,8 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         counts = " / ".join(f"{c:g}" for c in episode_counts["maml"])
         sampling = (f"episodes per task and step until they hold {e.batch_steps} env steps (MAML: {counts} "
                     f"episodes on average after 0 / 1 / ... steps)")
-    write_results(out, results, f"# {title}\n\nSampling: {sampling}; step size alpha, then alpha/2.\n\n" + table)
+    write_results(out, results, f"# {title}\n\nSampling: {sampling}; step size {step_sizes_text(e.step_scales)} "
+                                f"(alpha = {cfg.inner.inner_lr:g}).\n\n" + table)
     fig, ax = plots.plt.subplots(figsize=(5, 4))
     plots.plot_adaptation_curves(ax, methods, steps, "average return", constant=("oracle",), labels=labels)
     ax.set_title(cfg.env.name if cfg.env.name == "Navigation2D" else f"{cfg.env.name} ({cfg.env.convention})")
@@ -347,6 +355,15 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     if cfg.env.name == "Navigation2D":
         plot_navigation(episodes["maml"], tasks, out / "trajectories.png")
     return results
+
+
+def step_sizes_text(scales: list[float]) -> str:
+    """``[1.0, 0.5]`` -> ``"alpha, then alpha/2"``."""
+    def one(x: float) -> str:
+        return "alpha" if x == 1 else f"alpha/{1 / x:g}" if x > 0 and (1 / x).is_integer() else f"{x:g} alpha"
+
+    return one(scales[0]) + (f", then {one(scales[1])}" if len(scales) > 1 else "") + \
+        ("".join(f", {one(x)}" for x in scales[2:]))
 
 
 def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.device) -> GaussianMLPPolicy:

@@ -41,8 +41,19 @@ class Learner(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def save_learners(path: Path, iteration: int, learners: Mapping[str, Learner]) -> None:
-    save_checkpoint(path, {"iteration": iteration, "learners": {k: v.state_dict() for k, v in learners.items()}})
+def save_learners(path: Path, iteration: int, learners: Mapping[str, Learner],
+                  totals: Mapping[str, float] | None = None) -> None:
+    state = {"iteration": iteration, "learners": {k: v.state_dict() for k, v in learners.items()}}
+    if totals is not None:
+        state["totals"] = dict(totals)
+    save_checkpoint(path, state)
+
+
+def checkpoint_totals(path: Path) -> dict[str, float]:
+    """What a run had spent when checkpoint ``path`` was written: ``iteration``, ``wall_clock_s``
+    (seconds of iterations, summed over resumed pieces) and ``env_steps`` (meta-RL), as far as recorded."""
+    state = load_checkpoint(path)
+    return {"iteration": int(state["iteration"]), **state.get("totals", {})}
 
 
 def load_learners(path: Path, learners: Mapping[str, Learner], device: str = "cpu") -> int:
@@ -116,11 +127,16 @@ class Trainer:
         self.validate = validate
         self.validate_every = validate_every
         self.curve_path = self.run_dir / "validation.jsonl"
+        # Cumulative cost of the run, kept in every checkpoint and carried over by resume:
+        # seconds spent in iterations and, for learners that report charts/env_steps, env steps.
+        self.totals = {"wall_clock_s": 0.0, "env_steps": 0.0}
 
     def resume(self, device: str = "cpu") -> int:
         """Load the newest checkpoint; returns its iteration (0 when there is none)."""
         path = latest_checkpoint(self.ckpt_dir)
         start = 0 if path is None else load_learners(path, self.learners, device)
+        if path is not None:
+            self.totals.update(load_checkpoint(path).get("totals", {}))
         if self.curve_path.is_file():
             kept = [line for line in self.curve_path.read_text().splitlines() if _curve_iteration(line) <= start]
             atomic_write_bytes(self.curve_path, "".join(f"{line}\n" for line in kept).encode())
@@ -135,7 +151,7 @@ class Trainer:
 
     def save(self, iteration: int) -> Path:
         path = checkpoint_path(self.ckpt_dir, iteration)
-        save_learners(path, iteration, self.learners)
+        save_learners(path, iteration, self.learners, self.totals)
         prune_checkpoints(self.ckpt_dir, self.keep_checkpoints)
         return path
 
@@ -157,11 +173,16 @@ class Trainer:
                     t1 = time.perf_counter()
                     for key, value in learner.train_step(batch).items():
                         window[f"{name}/{key}"] += value
+                        if key == "charts/env_steps":
+                            self.totals["env_steps"] += value
                     window[f"time/{name}_step_ms"] += 1e3 * (time.perf_counter() - t1)
                 window["time/iteration_ms"] += 1e3 * (time.perf_counter() - t0)
+                self.totals["wall_clock_s"] += time.perf_counter() - t0
                 count += 1
                 if iteration % self.log_every == 0 or iteration == self.num_iterations:
                     last = {k: v / count for k, v in window.items()}
+                    last["charts/total_env_steps"] = self.totals["env_steps"]
+                    last["time/total_wall_clock_s"] = self.totals["wall_clock_s"]
                     logger.log(iteration, last)
                     shown = {k.split("/", 1)[0] + ":" + k.rsplit("/", 1)[-1]: f"{v:.3g}"
                              for k, v in last.items() if any(p in k for p in self.progress_keys)}

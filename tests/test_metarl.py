@@ -13,7 +13,7 @@ from rl_maml.checkpoint import load_checkpoint
 RL_PRESETS = sorted(name for name, path in presets().items() if "benchmark: metarl" in path.read_text())
 TINY = ["train.meta_batch_size=2", "train.fast_batch_size=2", "env.horizon=8", "policy.hidden_sizes=[8]",
         "eval.baseline_timesteps=256",
-        "eval.num_tasks=2", "eval.fast_batch_size=2", "eval.num_steps=1"]
+        "eval.num_tasks=2", "eval.fast_batch_size=2", "eval.num_steps=1", "train.batch_steps=16", "eval.batch_steps=16"]
 
 
 def train_tiny_navigation(run):
@@ -120,8 +120,11 @@ def test_resume_is_exact(tmp_path):
     assert main(["train", "navigation", "--run-dir", str(tmp_path / "b"), "train.num_iterations=2", *common]) == 0
     assert main(["train", "--run-dir", str(tmp_path / "b"), "--resume", "--no-progress",
                  "train.num_iterations=4"]) == 0
-    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "iter_0000004.pt")["learners"]["maml"]["policy"]
-    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "iter_0000004.pt")["learners"]["maml"]["policy"]
+    a_state, b_state = (load_checkpoint(tmp_path / r / "checkpoints" / "iter_0000004.pt") for r in "ab")
+    a, b = a_state["learners"]["maml"]["policy"], b_state["learners"]["maml"]["policy"]
+    # The run's cost is carried over the resume: the same env steps as the uninterrupted run.
+    assert b_state["totals"]["env_steps"] == a_state["totals"]["env_steps"] > 0
+    assert b_state["totals"]["wall_clock_s"] > 0
     assert all(torch.equal(a[k], b[k]) for k in a)
     start = load_checkpoint(tmp_path / "b" / "checkpoints" / "iter_0000002.pt")["learners"]["maml"]["policy"]
     assert not all(torch.equal(a[k], start[k]) for k in a)  # training moved the policy
