@@ -65,12 +65,32 @@ def make_family_env(family: str, env_kwargs: Mapping, append_task: bool = False)
     return TaskDistributionWrapper(gymnasium.make(ENV_IDS[family], **env_kwargs), append_task)
 
 
+def _progress_callback(total: int, desc: str):
+    """An SB3 callback that shows PPO's env steps in a tqdm bar (SB3's own bar needs ``rich``)."""
+    from stable_baselines3.common.callbacks import BaseCallback
+    from tqdm.auto import tqdm
+
+    class Progress(BaseCallback):
+        def _on_training_start(self) -> None:
+            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, mininterval=1.0)
+
+        def _on_step(self) -> bool:
+            self.bar.update(self.model.num_timesteps - self.bar.n)
+            return True
+
+        def _on_training_end(self) -> None:
+            self.bar.close()
+
+    return Progress()
+
+
 def train_ppo(family: str, env_kwargs: Mapping, hidden_sizes: Sequence[int], activation: str,
-              timesteps: int, seed: int, append_task: bool):
+              timesteps: int, seed: int, append_task: bool, progress: str | None = None):
     """A PPO policy trained on the family's task distribution (8 envs in one process).
 
     ``env_kwargs`` are the meta-learner's env arguments (convention and overrides), so that the
-    baselines act in the same action units."""
+    baselines act in the same action units. ``progress``: the label of a progress bar of the
+    env steps (``None``: no bar)."""
     from stable_baselines3 import PPO
     from stable_baselines3.common.env_util import make_vec_env
 
@@ -80,7 +100,8 @@ def train_ppo(family: str, env_kwargs: Mapping, hidden_sizes: Sequence[int], act
                 batch_size=min(256, n_steps * 8),
                 policy_kwargs={"net_arch": {"pi": list(hidden_sizes), "vf": list(hidden_sizes)},
                                "activation_fn": _ACT[activation], "ortho_init": True})
-    model.learn(total_timesteps=timesteps)
+    callback = None if progress is None else _progress_callback(timesteps, progress)
+    model.learn(total_timesteps=timesteps, callback=callback)
     return model
 
 

@@ -168,6 +168,11 @@ class RLEvalConfig:
     paper's alpha, then alpha/2 by default; its AntDir test script used alpha, then alpha/100."""
     seed: int = 1234
     """Seed of the test tasks and episodes (shared by every run)."""
+    test_tasks: Literal["sampled", "reference"] = "sampled"
+    """sampled: ``num_tasks`` tasks drawn from the family's distribution with ``seed``. reference:
+    the 40 test tasks of the MAML paper's test scripts (cbfinn/maml_rl ``maml_examples/test_maml_*.py``:
+    NumPy's legacy generator seeded 1, AntDir 2), for the families those scripts cover
+    (HalfCheetahVel, HalfCheetahDir, AntVel, AntDir). ``extra_draws`` still draws sampled sets."""
     baselines: list[Literal["random", "pretrained", "oracle"]] = field(
         default_factory=lambda: ["random", "pretrained", "oracle"])
     """Reference policies: random and pretrained are adapted like MAML; the oracle sees the task."""
@@ -188,6 +193,9 @@ class RLEvalConfig:
         if self.batch_steps is not None and self.batch_steps < 1:
             raise ConfigError(f"eval.batch_steps must be >= 1 (or null for fast_batch_size episodes), "
                               f"got {self.batch_steps}")
+        if self.test_tasks == "reference" and self.num_tasks != 40:
+            raise ConfigError(f"eval.test_tasks=reference is the reference scripts' 40 tasks; eval.num_tasks must "
+                              f"be 40, got {self.num_tasks}")
         if not self.step_scales or not all(math.isfinite(x) and x >= 0 for x in self.step_scales):
             raise ConfigError(f"eval.step_scales must be a non-empty list of finite numbers >= 0, "
                               f"got {self.step_scales}")
@@ -277,7 +285,12 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     def test_tasks(seed: int) -> dict[str, torch.Tensor]:
         return {k: torch.as_tensor(v) for k, v in env.TASKS.sample(e.num_tasks, numpy_generator(seed, "test-tasks")).items()}
 
-    tasks = test_tasks(e.seed)
+    tasks = reference_test_tasks(cfg.env.name) if e.test_tasks == "reference" else test_tasks(e.seed)
+    to_train = [n for n in ("pretrained", "oracle") if n in e.baselines and not baseline_cache(run_dir, n, e).is_file()]
+    if to_train:
+        print(f"rl-maml eval: training the {' and '.join(to_train)} baseline{'s' if len(to_train) > 1 else ''} with "
+              f"PPO first ({e.baseline_timesteps} env steps each; cached in {run_dir / 'eval' / 'baselines'})",
+              file=sys.stderr)
     policies = {"maml": agent.policy}
     for name in e.baselines:
         if name == "random":  # a freshly initialised policy
@@ -325,7 +338,8 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         "metric": "mean undiscounted return per task (mean over test tasks, 95% CI)",
         "num_test_tasks": e.num_tasks, "episodes_per_task": e.fast_batch_size, "batch_steps": e.batch_steps,
         "mean_episodes_per_task": episode_counts, "inner_lr": cfg.inner.inner_lr,
-        "step_sizes": step_sizes_text(e.step_scales), "step_scales": list(e.step_scales), "test_seed": e.seed, "checkpoint_iteration": iteration,
+        "step_sizes": step_sizes_text(e.step_scales), "step_scales": list(e.step_scales), "test_seed": e.seed,
+        "test_tasks": e.test_tasks, "checkpoint_iteration": iteration,
         "steps": steps, "methods": methods,
     }
     if draws is not None:
@@ -357,6 +371,28 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     return results
 
 
+# (legacy NumPy seed, range of np.random.uniform, threshold of the direction or None) of the MAML
+# paper's test scripts; a direction task is -1 below the threshold, +1 above.
+_REFERENCE_TEST_TASKS = {
+    "HalfCheetahVel": (1, 2.0, None),
+    "HalfCheetahDir": (1, 2.0, 1.0),
+    "AntVel": (1, 3.0, None),
+    "AntDir": (2, 3.0, 1.5),
+}
+
+
+def reference_test_tasks(family: str) -> dict[str, torch.Tensor]:
+    """The 40 test tasks of the MAML paper's test script for ``family`` (``eval.test_tasks=reference``)."""
+    if family not in _REFERENCE_TEST_TASKS:
+        raise ConfigError(f"eval.test_tasks=reference: the MAML paper's test scripts cover "
+                          f"{sorted(_REFERENCE_TEST_TASKS)}, not {family}; use eval.test_tasks=sampled")
+    seed, high, threshold = _REFERENCE_TEST_TASKS[family]
+    goals = np.random.RandomState(seed).uniform(0.0, high, size=(40,))
+    if threshold is None:
+        return {"velocity": torch.as_tensor(goals)}
+    return {"direction": torch.as_tensor(np.where(goals < threshold, -1.0, 1.0))}
+
+
 def step_sizes_text(scales: list[float]) -> str:
     """``[1.0, 0.5]`` -> ``"alpha, then alpha/2"``."""
     def one(x: float) -> str:
@@ -366,12 +402,17 @@ def step_sizes_text(scales: list[float]) -> str:
         ("".join(f", {one(x)}" for x in scales[2:]))
 
 
+def baseline_cache(run_dir: Path, name: str, e: RLEvalConfig) -> Path:
+    """Where the trained ``name`` baseline's weights are cached."""
+    return run_dir / "eval" / "baselines" / f"{name}_{e.baseline_timesteps}.pt"
+
+
 def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.device) -> GaussianMLPPolicy:
     """The pretrained or oracle policy: trained with PPO once, then cached as weights in the run folder."""
     from rl_maml.agents.rl_baselines import to_gaussian_policy, train_ppo
 
     p, e = cfg.policy, cfg.eval
-    path = run_dir / "eval" / "baselines" / f"{name}_{e.baseline_timesteps}.pt"
+    path = baseline_cache(run_dir, name, e)
     env_kwargs = cfg.env.kwargs()
     if path.is_file():
         state = load_checkpoint(path)
@@ -395,10 +436,8 @@ def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.
             f"the cached {name} baseline {path} was trained for another policy than this run's "
             f"(policy.hidden_sizes={list(p.hidden_sizes)}, policy.activation={p.activation}): {mismatch}. "
             f"Delete {path} to train it again for this policy.")
-    print(f"training the {name} baseline with PPO for {e.baseline_timesteps} steps (cached in {path})",
-          file=sys.stderr)
     model = train_ppo(cfg.env.name, env_kwargs, p.hidden_sizes, p.activation,
-                      e.baseline_timesteps, e.seed, append_task=name == "oracle")
+                      e.baseline_timesteps, e.seed, append_task=name == "oracle", progress=f"PPO {name} baseline")
     policy = to_gaussian_policy(model, p.hidden_sizes, p.activation)
     save_checkpoint(path, {"policy": policy.state_dict(), "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
                            "hidden_sizes": list(p.hidden_sizes), "activation": p.activation, "env": env_kwargs})

@@ -13,7 +13,8 @@ from rl_maml.checkpoint import load_checkpoint
 RL_PRESETS = sorted(name for name, path in presets().items() if "benchmark: metarl" in path.read_text())
 TINY = ["train.meta_batch_size=2", "train.fast_batch_size=2", "env.horizon=8", "policy.hidden_sizes=[8]",
         "eval.baseline_timesteps=256",
-        "eval.num_tasks=2", "eval.fast_batch_size=2", "eval.num_steps=1", "train.batch_steps=16", "eval.batch_steps=16"]
+        "eval.num_tasks=2", "eval.fast_batch_size=2", "eval.num_steps=1", "train.batch_steps=16", "eval.batch_steps=16",
+        "eval.test_tasks=sampled"]
 
 
 def train_tiny_navigation(run):
@@ -46,9 +47,13 @@ def test_one_iteration_end_to_end(preset, tmp_path, capsys):
 def test_evaluation_with_sb3_baselines(preset, tmp_path, capsys):
     run = tmp_path / preset
     assert main(["train", preset, "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
+    capsys.readouterr()
     assert main(["eval", str(run)]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "| MAML |" in out and "| random init |" in out and "| oracle (PPO, task observed) |" in out
+    # What it trains is said first, and each PPO run shows its progress.
+    assert "training the pretrained and oracle baselines with PPO first (256 env steps each" in err
+    assert "PPO pretrained baseline" in err and "PPO oracle baseline" in err
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["steps"] == [0, 1] and set(results["methods"]) == {"maml", "random", "pretrained", "oracle"}
     assert results["methods"]["oracle"]["mean"][0] == results["methods"]["oracle"]["mean"][1]
@@ -156,3 +161,31 @@ def test_alpha_maml_trpo_adapts_alpha_from_the_meta_step(tmp_path, capsys):
     assert len(alphas) == 3 and all(a > 0 for a in alphas) and any(abs(a - 0.5) > 1e-6 for a in alphas)
     assert main(["eval", str(run), "eval.baselines=[random]"]) == 0
     assert "| MAML |" in capsys.readouterr().out
+
+
+def test_reference_test_tasks_are_the_paper_scripts():
+    """eval.test_tasks=reference: the 40 tasks of cbfinn/maml_rl's test scripts (legacy NumPy seeds)."""
+    import numpy as np
+    from rl_maml.experiments.metarl import reference_test_tasks
+
+    from rl_maml.config import ConfigError
+
+    np.random.seed(1)  # as test_maml_ant.py does it
+    goals = np.random.uniform(0.0, 3.0, size=(40,))
+    np.testing.assert_array_equal(reference_test_tasks("AntVel")["velocity"].numpy(), goals)
+    np.random.seed(2)  # test_maml_ant_direc.py: backwards below 1.5
+    directions = np.where(np.random.uniform(0.0, 3.0, size=(40,)) < 1.5, -1.0, 1.0)
+    np.testing.assert_array_equal(reference_test_tasks("AntDir")["direction"].numpy(), directions)
+    assert set(reference_test_tasks("HalfCheetahDir")["direction"].tolist()) == {-1.0, 1.0}
+    assert reference_test_tasks("HalfCheetahVel")["velocity"].max() <= 2.0
+    with pytest.raises(ConfigError, match="cover .* not AntGoal"):
+        reference_test_tasks("AntGoal")
+
+
+def test_reference_test_tasks_need_forty(tmp_path, capsys):
+    run = tmp_path / "hcv"
+    assert main(["train", "half_cheetah_vel_maml", "--run-dir", str(run), "--no-progress", "train.num_iterations=1",
+                 *TINY]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "eval.test_tasks=reference"]) == 2
+    assert "eval.num_tasks must be 40" in capsys.readouterr().err
