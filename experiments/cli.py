@@ -3,6 +3,7 @@
     rl-maml train CONFIG --run-dir DIR [--resume] [key=value ...]
     rl-maml eval DIR [--checkpoint PATH] [eval.key=value ...]
     rl-maml presets
+    rl-maml curves DIR --out OUT
     rl-maml download omniglot --root DIR
 
 CONFIG is a YAML file or the name of a preset shipped in ``experiments/configs`` (``rl-maml
@@ -114,6 +115,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_curves(args: argparse.Namespace) -> int:
+    from .curves import write_curves
+
+    for path in write_curves(Path(args.run_dir), Path(args.out), args.title):
+        print(f"written: {path}")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from rl_maml.tasks.omniglot import download_omniglot
 
@@ -145,6 +154,11 @@ def parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
     s = sub.add_parser("presets", help="list the shipped config presets")
     s.set_defaults(func=cmd_presets)
+    c = sub.add_parser("curves", help="a meta-RL run's learning curves from its TensorBoard events (CSV and plot)")
+    c.add_argument("run_dir")
+    c.add_argument("--out", required=True, help="folder for curves.csv and curves.png")
+    c.add_argument("--title", default=None, help="the plot's title (default: the run folder's name)")
+    c.set_defaults(func=cmd_curves)
     d = sub.add_parser("download", help="download a data set's official files (checksums verified)")
     d.add_argument("dataset", choices=["omniglot"], help="MiniImageNet has no official download (see the README)")
     d.add_argument("--root", required=True, help="folder to put the files in (then data.root=DIR)")

@@ -189,3 +189,20 @@ def test_reference_test_tasks_need_forty(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run), "eval.test_tasks=reference"]) == 2
     assert "eval.num_tasks must be 40" in capsys.readouterr().err
+
+
+def test_curves_from_the_tensorboard_events(tmp_path, capsys):
+    import csv
+
+    run = tmp_path / "nav"
+    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=3",
+                 *TINY]) == 0
+    assert main(["curves", str(run), "--out", str(tmp_path / "c")]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "c" / "curves.csv")))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 3]
+    steps = [float(r["env_steps"]) for r in rows]
+    assert [float(r["total_env_steps"]) for r in rows] == [sum(steps[:i + 1]) for i in range(3)]
+    assert (tmp_path / "c" / "curves.png").stat().st_size > 0
+    capsys.readouterr()
+    assert main(["curves", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
+    assert "has no TensorBoard folder" in capsys.readouterr().err
