@@ -125,3 +125,47 @@ def test_batch_steps_end_to_end_and_config_error(tmp_path, capsys):
     capsys.readouterr()
     assert main(["train", "navigation", "--run-dir", str(tmp_path / "bad"), "train.batch_steps=0"]) == 2
     assert "train.batch_steps must be >= 1" in capsys.readouterr().err
+
+
+def test_packed_rows_give_the_dense_layouts_values_in_float64():
+    """per_task packs the rows of masked steps away; inner loss, surrogate, KL and the Fisher
+    product are those of the dense layout (float64, where only the summation order differs)."""
+    from rl_maml.rl import episodes as episodes_module
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (8,)).double()
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3)), TRPOSettings())
+    T, M, B = 12, 3, 5
+    lengths = torch.randint(1, T + 1, (M, B))
+    mask = (torch.arange(T).view(T, 1, 1) < lengths).double()
+    g = torch.Generator().manual_seed(1)
+
+    def episodes():
+        e = Episodes(torch.randn(T, M, B, 2, generator=g, dtype=torch.float64),
+                     torch.randn(T, M, B, 2, generator=g, dtype=torch.float64),
+                     torch.randn(T, M, B, generator=g, dtype=torch.float64) * mask, mask.clone())
+        e.compute_advantages(LinearFeatureBaseline(), 0.99, 1.0)
+        return e
+
+    train, valid = episodes(), episodes()
+    assert train._packed_rows() is not None and train.per_task(train.obs).shape[1] == int(lengths.sum(1).max())
+
+    def objectives():
+        adapted = meta.adapt_all([train])
+        loss, kl, _ = meta.meta_objective(adapted, [train], valid)
+        grad = torch.autograd.grad(loss, list(policy.parameters()))
+        v = torch.cat([p.detach().flatten() for p in policy.parameters()])
+        fvp = meta.fisher_vector_product([train], valid, 1e-5, states=adapted)(v)
+        return loss.detach(), kl.detach(), torch.cat([x.flatten() for x in grad]), fvp
+
+    packed = objectives()
+    old = episodes_module.PACK_BELOW
+    try:
+        episodes_module.PACK_BELOW = 0.0  # never pack: the dense [M, T * B] rows
+        train._rows_cache = valid._rows_cache = None
+        assert train._packed_rows() is None
+        dense = objectives()
+    finally:
+        episodes_module.PACK_BELOW = old
+    for a, b in zip(packed, dense):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)

@@ -13,6 +13,10 @@ from rl_maml.functional import TaskBatchedModel, expand_params
 from rl_maml.seeding import derive_seed
 
 
+# per_task packs the rows when the busiest task took fewer than this fraction of the T x B steps.
+PACK_BELOW = 0.9
+
+
 @dataclass
 class Episodes:
     """B episodes for each of M tasks, padded to the horizon T.
@@ -68,9 +72,41 @@ class Episodes:
         return int(self.mask.sum().item())
 
     def per_task(self, x: Tensor) -> Tensor:
-        """``[T, M, B, ...]`` -> ``[M, T * B, ...]`` (the layout the task-batched policy takes)."""
+        """``[T, M, B, ...]`` -> ``[M, K, ...]``: each task's steps as rows (the layout the
+        task-batched policy takes).
+
+        When many steps are masked (episodes that ended early, slots a step budget left empty),
+        only the K = most steps any task took are kept: each task's steps first, in ``(t, b)``
+        order, then masked rows up to K. Every consumer reduces with ``per_task(mask)``, so the
+        values are those of the dense ``[M, T * B]`` layout (up to the order of floating-point
+        sums) at a fraction of the policy evaluations. Otherwise K = T * B, the dense layout.
+        """
         T, M, B = x.shape[:3]
-        return x.transpose(0, 1).reshape(M, T * B, *x.shape[3:])
+        index = self._packed_rows()
+        if index is None:
+            return x.transpose(0, 1).reshape(M, T * B, *x.shape[3:])
+        t, m, b = index
+        return x[t, m, b]  # [M, K, ...]: one advanced-indexing copy, as cheap as the dense reshape
+
+    def _packed_rows(self) -> tuple[Tensor, Tensor, Tensor] | None:
+        """``(t, m, b)`` indices ``[M, K]`` of :meth:`per_task`'s packed rows, or ``None`` for the dense layout.
+
+        Cached per mask tensor (and its version counter, so an in-place change of the mask recomputes it)."""
+        key = (self.mask.data_ptr(), self.mask._version, tuple(self.mask.shape))
+        cached = getattr(self, "_rows_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        T, M, B = self.mask.shape
+        valid = self.mask.transpose(0, 1).reshape(M, T * B) != 0
+        K = int(valid.sum(1).max().item())
+        index = None
+        if K < PACK_BELOW * T * B:
+            # valid rows first, each task's in (t, b) order (a stable sort of "is masked")
+            rows = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :max(K, 1)]
+            tasks = torch.arange(M, device=rows.device).view(M, 1).expand_as(rows)
+            index = (rows // B, tasks, rows % B)
+        self._rows_cache = (key, index)
+        return index
 
     def compute_advantages(self, baseline, gamma: float, gae_lambda: float, normalize: bool = True) -> Tensor:
         """Fit ``baseline`` per task to the discounted returns, then GAE (optionally normalised per task)."""
