@@ -101,6 +101,11 @@ class BatchedLocomotion:
         self._obs = self.robot.observation(self._state(), self.reference)
         return self._tensor(self._obs)
 
+    def stop(self, ids) -> None:
+        """End the episodes of envs ``ids`` now (a sampler that no longer needs them): they are not
+        simulated further and report ``done``."""
+        self.alive[np.asarray(ids, dtype=np.int64)] = False
+
     def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Advance every live episode by one control step.
 

@@ -169,3 +169,39 @@ def test_packed_rows_give_the_dense_layouts_values_in_float64():
         episodes_module.PACK_BELOW = old
     for a, b in zip(packed, dense):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def test_stopping_unneeded_episodes_keeps_the_same_episodes():
+    """Envs with stop(): episodes the budget will drop are not simulated to their end; the kept
+    episodes are the same, draw for draw, as without stopping."""
+    from rl_maml.envs import make_batched
+
+    from rl_maml.functional import TaskBatchedModel
+
+    class NoStop:  # the same env without its stop method
+        def __init__(self, env):
+            self.env = env
+            self.num_envs, self.horizon, self.obs_dim, self.act_dim = env.num_envs, env.horizon, env.obs_dim, env.act_dim
+
+        def reset(self, tasks, seeds):
+            return self.env.reset(tasks, seeds)
+
+        def step(self, actions):
+            return self.env.step(actions)
+
+    M, B, budget = 2, 3, 100
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(125, 8, (8,))
+    params = dict(policy.named_parameters())
+    tasks = {"velocity": torch.tensor([0.5, 2.0], dtype=torch.float64)}
+    results = []
+    for wrap in (lambda e: e, NoStop):
+        env = wrap(make_batched("AntVel", M * B, convention="maml", horizon=60))
+        results.append(sample_step_budget(env, TaskBatchedModel(policy), params, tasks, B, budget, 3, (0, 0),
+                                          torch_generator(3, "actions", 0)))
+    stopped, full = results
+    assert torch.equal(stopped.mask, full.mask) and torch.equal(stopped.rewards, full.rewards)
+    m = full.mask.unsqueeze(-1)
+    assert torch.equal(stopped.obs * m, full.obs * m) and torch.equal(stopped.actions * m, full.actions * m)
+    # 3 episodes of up to 60 steps for a budget of 100: the third was stopped once the first two held it
+    assert stopped.env_steps() < full.env_steps()

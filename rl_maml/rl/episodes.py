@@ -126,7 +126,8 @@ def episode_seeds(seed: int, *keys: int | str, num_tasks: int, episodes_per_task
 
 @torch.no_grad()
 def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mapping[str, Tensor], episodes_per_task: int,
-                    reset_seeds: list[int], generator: torch.Generator, deterministic: bool = False) -> Episodes:
+                    reset_seeds: list[int], generator: torch.Generator, deterministic: bool = False,
+                    steps_needed: Tensor | None = None) -> Episodes:
     """Roll out B episodes per task with each task's own policy parameters, all N = M x B at once.
 
     Args:
@@ -138,6 +139,13 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
         reset_seeds: one seed per episode (see :func:`episode_seeds`).
         generator: drives the action noise (on the policy's device).
         deterministic: act with the mean action.
+        steps_needed: ``[M]`` env steps each task still needs (a step budget's remainder). An
+            episode b is stopped, and no longer simulated, as soon as the steps already taken by
+            episodes 0..b-1 of its task reach that: the budget's fewest first episodes cannot
+            include it (:func:`sample_step_budget`). The episodes kept are unchanged draw for draw
+            (envs are independent and the action noise is drawn for every env); only the
+            simulation of episodes that would be dropped is saved, for envs with a ``stop(ids)``
+            method.
     """
     M = len(next(iter(tasks.values())))
     B = episodes_per_task
@@ -156,6 +164,7 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
     rew_buf = torch.zeros(T, M, B, device=device)
     mask_buf = torch.zeros(T, M, B, device=device)
     alive = torch.ones(N, dtype=torch.bool, device=device)
+    taken = torch.zeros(M, B, device=device)
     for t in range(T):
         mean, log_std = policy(params, obs.view(M, B, -1).to(obs_buf.dtype))  # [M, B, act_dim]
         action = mean if deterministic else mean + torch.exp(log_std) * torch.randn(
@@ -167,6 +176,12 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
         obs = obs.to(device)
         rew_buf[t] = reward.to(device).view(M, B) * alive.view(M, B)
         alive = alive & ~done.to(device)
+        if steps_needed is not None and hasattr(env, "stop"):
+            taken = taken + mask_buf[t]  # [M, B] steps taken so far, a lower bound of each length
+            unneeded = (taken.cumsum(1) - taken >= steps_needed.to(device).view(M, 1)).view(N) & alive
+            if unneeded.any():
+                env.stop(unneeded.nonzero().view(-1).cpu().numpy())
+                alive = alive & ~unneeded
         if not alive.any():
             break
     return Episodes(obs_buf, act_buf, rew_buf, mask_buf)
@@ -201,7 +216,9 @@ def sample_step_budget(env, policy: TaskBatchedModel, params: Params, tasks: Map
     while not parts or bool((total < steps_per_task).any()):
         round_keys = keys if r == 0 else (*keys, "round", r)
         seeds = episode_seeds(seed, *round_keys, num_tasks=M, episodes_per_task=episodes_per_task)
-        parts.append(sample_episodes(env, policy, params, tasks, episodes_per_task, seeds, generator))
+        needed = (steps_per_task - total).clamp(min=0)
+        parts.append(sample_episodes(env, policy, params, tasks, episodes_per_task, seeds, generator,
+                                     steps_needed=needed))
         total += parts[-1].mask.sum(dim=(0, 2)).cpu()
         r += 1
     episodes = concat_episodes(parts)
