@@ -4,6 +4,7 @@
     rl-maml eval DIR [--checkpoint PATH] [eval.key=value ...]
     rl-maml presets
     rl-maml curves DIR --out OUT
+    rl-maml export DIR --out OUT [--command TEXT]
     rl-maml download omniglot --root DIR
 
 CONFIG is a YAML file or the name of a preset shipped in ``experiments/configs`` (``rl-maml
@@ -123,6 +124,35 @@ def cmd_curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """A run's config and newest checkpoint as a small folder to commit or share (a run folder
+    that ``rl-maml eval`` and ``rl-maml train --resume`` accept once copied), with ``run.json``:
+    the iteration, env steps and wall-clock time the checkpoint records, and the command."""
+    import json
+    import shutil
+
+    from rl_maml.checkpoint import atomic_write_bytes
+    from rl_maml.training import checkpoint_totals
+
+    run_dir, out = Path(args.run_dir), Path(args.out)
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run folder: {run_dir / 'config.yaml'} does not exist")
+    checkpoint = latest_checkpoint(run_dir / "checkpoints")
+    if checkpoint is None:
+        raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint: train the run first")
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
+    shutil.copyfile(checkpoint, out / "checkpoints" / checkpoint.name)
+    for _, older in list_checkpoints(out / "checkpoints"):
+        if older.name != checkpoint.name:
+            older.unlink()  # the folder holds one checkpoint: the newest
+    info = {"checkpoint": f"checkpoints/{checkpoint.name}", **checkpoint_totals(checkpoint),
+            "command": args.command}
+    atomic_write_bytes(out / "run.json", (json.dumps(info, indent=2) + "\n").encode())
+    print(f"written: {out} ({checkpoint.name}, config.yaml, run.json)")
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from rl_maml.tasks.omniglot import download_omniglot
 
@@ -159,6 +189,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="folder for curves.csv and curves.png")
     c.add_argument("--title", default=None, help="the plot's title (default: the run folder's name)")
     c.set_defaults(func=cmd_curves)
+    x = sub.add_parser("export", help="a run's config and newest checkpoint as a folder to commit (with run.json)")
+    x.add_argument("run_dir")
+    x.add_argument("--out", required=True, help="the folder to write")
+    x.add_argument("--command", default=None, help="the command(s) that produced the run, recorded in run.json")
+    x.set_defaults(func=cmd_export)
     d = sub.add_parser("download", help="download a data set's official files (checksums verified)")
     d.add_argument("dataset", choices=["omniglot"], help="MiniImageNet has no official download (see the README)")
     d.add_argument("--root", required=True, help="folder to put the files in (then data.root=DIR)")

@@ -206,3 +206,28 @@ def test_curves_from_the_tensorboard_events(tmp_path, capsys):
     capsys.readouterr()
     assert main(["curves", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "has no TensorBoard folder" in capsys.readouterr().err
+
+
+def test_export_resume_and_evaluate_from_the_exported_folder(tmp_path, capsys):
+    """rl-maml export: config + newest checkpoint + run.json; a copy resumes exactly and evaluates."""
+    import shutil
+
+    common = ["--no-progress", *TINY, "train.checkpoint_every=2"]
+    assert main(["train", "navigation", "--run-dir", str(tmp_path / "a"), "train.num_iterations=4", *common]) == 0
+    assert main(["train", "navigation", "--run-dir", str(tmp_path / "b"), "train.num_iterations=2", *common]) == 0
+    assert main(["export", str(tmp_path / "b"), "--out", str(tmp_path / "shared"), "--command", "rl-maml train ..."]) == 0
+    info = json.loads((tmp_path / "shared" / "run.json").read_text())
+    assert info["iteration"] == 2 and info["env_steps"] > 0 and info["wall_clock_s"] > 0
+    assert info["checkpoint"] == "checkpoints/iter_0000002.pt" and info["command"] == "rl-maml train ..."
+    shutil.copytree(tmp_path / "shared", tmp_path / "c")
+    assert main(["train", "--run-dir", str(tmp_path / "c"), "--resume", "--no-progress", "train.num_iterations=4"]) == 0
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "iter_0000004.pt")
+    c = load_checkpoint(tmp_path / "c" / "checkpoints" / "iter_0000004.pt")
+    pa, pc = a["learners"]["maml"]["policy"], c["learners"]["maml"]["policy"]
+    assert all(torch.equal(pa[k], pc[k]) for k in pa) and a["totals"]["env_steps"] == c["totals"]["env_steps"]
+    assert main(["export", str(tmp_path / "c"), "--out", str(tmp_path / "shared")]) == 0  # updated in place
+    assert sorted(p.name for p in (tmp_path / "shared" / "checkpoints").iterdir()) == ["iter_0000004.pt"]
+    assert main(["eval", str(tmp_path / "c"), "eval.baselines=[random]"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
