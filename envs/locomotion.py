@@ -394,7 +394,7 @@ _CHEETAH_DOC = """
     |---|---|
     | 0-7 | joint positions without the root's x coordinate (rootz, rooty, 6 hinge angles) |
     | 8-16 | joint velocities (rootx, rootz, rooty, 6 hinges) |
-    | 17-19 | centre of mass of the torso (x, y, z) |
+    | 17-19 | ``maml``: the torso subtree's (the robot's) centre of mass; ``gym``: the torso frame's origin |
 
     ## Action Space
 
@@ -409,22 +409,28 @@ _CHEETAH_DOC = """
     ## Arguments
 
     ``task``, ``convention`` (``"gym"`` default, or ``"maml"``), ``horizon``, ``action_scale`` and
-    ``cost_on_clipped`` (override the convention's), ``reset_noise_scale`` (0.1), ``render_mode``.
+    ``cost_on_clipped`` (override the convention's), ``reset_noise_scale`` (0.1; ``maml``: the
+    velocity noise's standard deviation, a tenth of it on positions), ``render_mode``.
 
     ## Version History
 
     * v0: initial version. Since 2026-11-22 the ``maml`` convention's control cost uses the clipped
-      action, as rllab's did; returns from before then are not comparable.
+      action, as rllab's did. Since 2026-12-01 ``maml`` is the reference code's task (module
+      docstring): Gaussian reset noise N(0, 0.01) / N(0, 0.1), the state read after a forward
+      pass, the centre of mass as the last three observation entries and its velocity in the
+      reward. ``maml`` returns from before either date are not comparable.
 """
 
 _ANT_DOC = """
-    ## Observation Space (107 dimensions)
+    ## Observation Space (``maml``: 125 dimensions, ``gym``: 107)
 
-    | indices | observation |
-    |---|---|
-    | 0-14 | positions: torso x, y, z, orientation quaternion, 8 hinge angles |
-    | 15-28 | velocities: torso linear and angular, 8 hinges |
-    | 29-106 | external contact forces of the 13 bodies (6 each), clipped to [-1, 1] |
+    | indices (``maml``) | indices (``gym``) | observation |
+    |---|---|---|
+    | 0-14 | 0-14 | positions: torso x, y, z, orientation quaternion, 8 hinge angles |
+    | 15-28 | 15-28 | velocities: torso linear and angular, 8 hinges |
+    | 29-112 | 29-106 | external contact forces clipped to [-1, 1], 6 per body: all 14 bodies (``maml``, world first) or the 13 robot bodies (``gym``) |
+    | 113-121 | | the torso's rotation matrix (row-major) |
+    | 122-124 | | the torso subtree's (the robot's) centre of mass |
 
     ## Action Space
 
@@ -439,12 +445,17 @@ _ANT_DOC = """
     ## Arguments
 
     ``task``, ``convention`` (``"gym"`` default, or ``"maml"``), ``horizon``, ``action_scale``,
-    ``cost_on_clipped`` (override the convention's), ``reset_noise_scale`` (0.1), ``render_mode``.
+    ``cost_on_clipped`` (override the convention's), ``reset_noise_scale`` (0.1; ``maml``: the
+    velocity noise's standard deviation, a tenth of it on positions), ``render_mode``.
 
     ## Version History
 
     * v0: initial version. Since 2026-11-22 the ``maml`` convention's control cost uses the clipped
-      action, as rllab's did; returns from before then are not comparable.
+      action, as rllab's did. Since 2026-12-01 ``maml`` is the reference code's task (module
+      docstring): its time step 0.02 (was Gymnasium's 0.05) and contact parameters, its
+      ``init_qpos`` with Gaussian noise, the state read after a forward pass, the 125-dim
+      observation, and the centre of mass's velocity (AntGoal: position) in the reward. ``maml``
+      returns from before either date are not comparable.
 """
 
 _ANT_COSTS = ("``ctrl = 0.005 * sum(action^2)``, ``contact = 0.0005 * sum(clip(cfrc_ext, -1, 1)^2)``, "
@@ -456,8 +467,9 @@ class HalfCheetahVelEnv(LocomotionEnv):
 
     ## Rewards
 
-    ``reward = -|v_x - velocity| - 0.05 * sum(action^2)``, with ``v_x`` the root's x velocity over
-    the step. ``info``: ``reward_forward``, ``reward_ctrl``, ``x_velocity``, ``x_position``.
+    ``reward = -|v_x - velocity| - 0.05 * sum(action^2)``, with ``v_x`` the centre of mass's x
+    velocity after the step (``maml``) or the root's over the step (``gym``). ``info``:
+    ``reward_forward``, ``reward_ctrl``, ``x_velocity``, ``x_position``.
 
     ## Task Distribution
 
@@ -526,7 +538,8 @@ class AntGoalEnv(LocomotionEnv):
 
     ## Rewards
 
-    ``reward = -(|x - gx| + |y - gy|) + 4 - ctrl - contact + 0.05``, with {_ANT_COSTS}.
+    ``reward = -(|x - gx| + |y - gy|) + 4 - ctrl - contact + 0.05``, with {_ANT_COSTS}; ``(x, y)``
+    the centre of mass's (``maml``) or the torso's (``gym``).
 
     ## Task Distribution
 
