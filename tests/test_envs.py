@@ -271,11 +271,11 @@ def run_both(name, num, action_scale, seed=0, **kwargs):
 
 
 @pytest.mark.parametrize("name, convention", [(n, "gym") for n in ALL] +
-                         [("Navigation2D", "maml"), ("HalfCheetahDir", "maml"), ("AntVel", "maml")])
+                         [("Navigation2D", "maml"), ("HalfCheetahDir", "maml"), ("AntVel", "maml"), ("AntGoal", "maml")])
 def test_batched_agrees_with_single_envs(name, convention):
     num = 8
     # The maml Ant (dt 0.02) falls later than gym's (dt 0.05): its whole 200-step horizon
-    horizon = 200 if (name, convention) == ("AntVel", "maml") else 60
+    horizon = 200 if name.startswith("Ant") and convention == "maml" else 60
     kwargs = {"convention": convention} if name == "Navigation2D" else {"convention": convention, "horizon": horizon}
     # gym locomotion scales actions by 10: +-0.1 already reaches the control limits; in maml,
     # actions up to +-2 exercise the clipping of the control and of the control cost
