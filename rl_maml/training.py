@@ -56,9 +56,11 @@ def checkpoint_totals(path: Path) -> dict[str, float]:
     return {"iteration": int(state["iteration"]), **state.get("totals", {})}
 
 
-def load_learners(path: Path, learners: Mapping[str, Learner], device: str = "cpu") -> int:
-    """Restore every learner from checkpoint ``path``; returns the checkpoint's iteration."""
-    state = load_checkpoint(path, map_location=device)
+def load_learners(path: Path, learners: Mapping[str, Learner], device: str = "cpu",
+                  state: dict | None = None) -> int:
+    """Restore every learner from checkpoint ``path`` (or its already loaded ``state``); returns
+    the checkpoint's iteration."""
+    state = load_checkpoint(path, map_location=device) if state is None else state
     missing = set(learners) - set(state["learners"])
     if missing:
         raise CheckpointError(f"checkpoint {path} has no state for {sorted(missing)} (it holds {sorted(state['learners'])})")
@@ -134,9 +136,11 @@ class Trainer:
     def resume(self, device: str = "cpu") -> int:
         """Load the newest checkpoint; returns its iteration (0 when there is none)."""
         path = latest_checkpoint(self.ckpt_dir)
-        start = 0 if path is None else load_learners(path, self.learners, device)
+        start = 0
         if path is not None:
-            self.totals.update(load_checkpoint(path).get("totals", {}))
+            state = load_checkpoint(path, map_location=device)
+            start = load_learners(path, self.learners, device, state=state)
+            self.totals.update(state.get("totals", {}))
         if self.curve_path.is_file():
             kept = [line for line in self.curve_path.read_text().splitlines() if _curve_iteration(line) <= start]
             atomic_write_bytes(self.curve_path, "".join(f"{line}\n" for line in kept).encode())
