@@ -10,8 +10,10 @@ import time
 
 import torch
 
+from rl_maml.envs.protocol import check_batched_env
 from rl_maml.inner import InnerLoop
 from rl_maml.rl.baseline import LinearFeatureBaseline
+from rl_maml.rl.adaptation import Adaptation, adapt_policy
 from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes, sample_step_budget
 from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
@@ -22,7 +24,8 @@ class MAMLTRPOAgent:
     """Meta-trains a Gaussian policy's initialisation on a task family.
 
     Args:
-        env: the batched env, with ``num_envs = meta_batch_size * fast_batch_size``.
+        env: the batched env (a :class:`~rl_maml.envs.protocol.BatchedTaskEnv`), with
+            ``num_envs = meta_batch_size * fast_batch_size``.
         policy: the policy (its parameters are the meta-parameters).
         inner: the inner loop (``inner_lr``, ``num_inner_steps``, ``first_order``).
         trpo: the meta-step settings.
@@ -46,6 +49,7 @@ class MAMLTRPOAgent:
                  meta_step_threads: int = 0, batch_steps: int | None = None):
         if batch_steps is not None and batch_steps < 1:
             raise ValueError(f"batch_steps must be >= 1 (or None for fast_batch_size episodes), got {batch_steps}")
+        check_batched_env(env, "MAMLTRPOAgent's env")
         self.batch_steps = batch_steps
         self.env = env
         self.policy = policy
@@ -58,7 +62,7 @@ class MAMLTRPOAgent:
         self.meta_step_threads = meta_step_threads or os.cpu_count() or 1
 
     def sample_tasks(self, iteration: int) -> dict[str, torch.Tensor]:
-        tasks = self.env.TASKS.sample(self.M, numpy_generator(self.seed, "tasks", iteration))
+        tasks = self.env.sample_tasks(self.M, numpy_generator(self.seed, "tasks", iteration))
         return {k: torch.as_tensor(v) for k, v in tasks.items()}
 
     def _sample(self, params, tasks, *keys) -> Episodes:
@@ -73,20 +77,32 @@ class MAMLTRPOAgent:
         episodes.compute_advantages(self.baseline, self.gamma, self.gae_lambda)
         return episodes
 
+    def adapt(self, tasks: dict[str, torch.Tensor], iteration: int) -> Adaptation:
+        """Sample and adapt on iteration ``iteration``'s tasks, keeping the graph for the meta-step.
+
+        Episodes of inner step s are keyed ``(iteration, s)``, the adapted policies' ``(iteration,
+        "valid")``; the returned :class:`~rl_maml.rl.adaptation.Adaptation` holds both."""
+        S = self.meta.inner.num_steps
+
+        def sample(params, k: int) -> Episodes:
+            t0 = time.perf_counter()
+            episodes = self._sample(params, tasks, iteration, k if k < S else "valid")
+            self._t_sample += time.perf_counter() - t0
+            return episodes
+
+        self._t_sample = 0.0
+        return adapt_policy(self.meta.batched, self.meta.initial_params(self.M), self.meta.inner, sample, S,
+                            objective=self.meta.trpo.inner_objective)
+
     def train_step(self, iteration: int) -> dict[str, float]:
         """One meta-iteration: sample, adapt (fresh episodes after each step), TRPO meta-step."""
         t0 = time.perf_counter()
         tasks = self.sample_tasks(iteration)
-        states, train, t_sample, t_adapt = [self.meta.params()], [], 0.0, 0.0
-        for s in range(self.meta.inner.num_steps):
-            t1 = time.perf_counter()
-            train.append(self._sample(states[-1], tasks, iteration, s))
-            t2 = time.perf_counter()
-            states.append(self.meta.adapt_step(states[-1], train[-1], s))  # keeps the graph for the meta-step
-            t_sample, t_adapt = t_sample + t2 - t1, t_adapt + time.perf_counter() - t2
-        t1 = time.perf_counter()
-        valid = self._sample(states[-1], tasks, iteration, "valid")
+        adaptation = self.adapt(tasks, iteration)
+        states, train, valid = adaptation.params, adaptation.episodes[:-1], adaptation.episodes[-1]
+        t_sample = self._t_sample
         t2 = time.perf_counter()
+        t_adapt = t2 - t0 - t_sample
         sampling_threads = torch.get_num_threads()
         torch.set_num_threads(self.meta_step_threads)
         try:
@@ -94,11 +110,11 @@ class MAMLTRPOAgent:
         finally:
             torch.set_num_threads(sampling_threads)
         t3 = time.perf_counter()
-        t_sample += t2 - t1
         steps = sum(e.env_steps() for e in train) + valid.env_steps()
         logs.update({
             "charts/return_pre": train[0].mean_return() if train else float("nan"),
             "charts/return_post": valid.mean_return(),
+            **{f"charts/return_after_{k}_steps": e.mean_return() for k, e in enumerate(adaptation.episodes)},
             "charts/episodes_per_task": valid.kept().sum(1).float().mean().item(),
             "charts/env_steps": float(steps),
             "time/env_steps_per_s": steps / (t3 - t0),

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 from rl_maml.envs.registration import ENV_IDS
+from rl_maml.envs.vector import sample_env_tasks
 from torch import nn
 
 from rl_maml.rl.policy import GaussianMLPPolicy
@@ -27,32 +28,42 @@ from rl_maml.rl.policy import GaussianMLPPolicy
 _ACT = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
 
+def flat_task(task) -> np.ndarray:
+    """A task (a dict of numbers/arrays, or a number) as one flat float32 vector, in key order."""
+    values = task.values() if isinstance(task, Mapping) else [task]
+    return np.concatenate([np.ravel(np.asarray(v, dtype=np.float32)) for v in values])
+
+
 class TaskDistributionWrapper(gymnasium.Wrapper):
     """Draws a fresh task from the family's distribution at every reset; optionally appends it
-    (flattened) to the observation, which makes the oracle's input."""
+    (flattened) to the observation, which makes the oracle's input. Works for any meta-env with
+    ``sample_tasks`` / ``set_task`` (see :func:`rl_maml.envs.vector.sample_env_tasks`)."""
 
     def __init__(self, env: gymnasium.Env, append_task: bool = False):
         super().__init__(env)
         self.append_task = append_task
+        self._rng = np.random.default_rng(0)
+        self._task = None
         if append_task:
             base = env.observation_space
-            extra = sum(int(np.prod(f.shape)) or 1 for f in env.unwrapped.TASKS.fields)
+            extra = flat_task(sample_env_tasks(env, 1, np.random.default_rng(0))[0]).size
             self.observation_space = spaces.Box(-np.inf, np.inf, (base.shape[0] + extra,), np.float32)
 
     def _augment(self, obs):
         if not self.append_task:
             return obs
-        task = np.concatenate([np.ravel(v) for v in self.env.unwrapped.get_task().values()])
-        return np.concatenate([obs, task]).astype(np.float32)
+        return np.concatenate([np.asarray(obs, dtype=np.float32), flat_task(self._task)])
 
     def reset(self, *, seed=None, options=None):
         if seed is not None:
             self._rng = np.random.default_rng(seed)
-        elif not hasattr(self, "_rng"):
-            self._rng = np.random.default_rng(0)
         options = dict(options or {})
-        options.setdefault("task", self.env.unwrapped.sample_tasks(1, self._rng)[0])
-        obs, info = self.env.reset(seed=seed, options=options)
+        task = options.pop("task", None)
+        if task is None:
+            task = sample_env_tasks(self.env, 1, self._rng)[0]
+        self._task = task
+        self.env.unwrapped.set_task(task)
+        obs, info = self.env.reset(seed=seed, options=options or None)
         return self._augment(obs), info
 
     def step(self, action):
@@ -61,8 +72,17 @@ class TaskDistributionWrapper(gymnasium.Wrapper):
 
 
 def make_family_env(family: str, env_kwargs: Mapping, append_task: bool = False):
-    """The single env of ``family`` (``env_kwargs``: convention, horizon, action scale) over its task distribution."""
-    return TaskDistributionWrapper(gymnasium.make(ENV_IDS[family], **env_kwargs), append_task)
+    """The single env of ``family`` over its task distribution.
+
+    ``family``: a built-in family (``env_kwargs``: convention, horizon, action scale) or the id of
+    any registered Gymnasium meta-env (``env_kwargs``: its ``gymnasium.make`` arguments). Episodes
+    are cut at the env's own horizon where it has one."""
+    env_id = ENV_IDS.get(family, family)
+    env = gymnasium.make(env_id, **env_kwargs)
+    horizon = getattr(env.unwrapped, "horizon", None)
+    if isinstance(horizon, int) and env.spec is not None and env.spec.max_episode_steps != horizon:
+        env = gymnasium.make(env_id, max_episode_steps=horizon, **env_kwargs)
+    return TaskDistributionWrapper(env, append_task)
 
 
 def _progress_callback(total: int, desc: str):
@@ -124,22 +144,31 @@ def to_gaussian_policy(model, hidden_sizes: Sequence[int], activation: str) -> G
 
 
 class TaskAugmentedBatchedEnv:
-    """A batched env whose observations carry each env's task (the oracle's input)."""
+    """A batched env whose observations carry each env's task, flattened (the oracle's input)."""
 
     def __init__(self, env):
         self.env = env
-        self.num_envs, self.horizon, self.act_dim = env.num_envs, env.horizon, env.act_dim
-        self.TASKS = env.TASKS
-        self.task_dim = sum(int(np.prod(f.shape)) or 1 for f in env.TASKS.fields)
+        self.num_envs, self.horizon, self.act_dim, self.device = env.num_envs, env.horizon, env.act_dim, env.device
+        self.action_space = env.action_space
+        self.task_dim = self._flat(env.sample_tasks(1, np.random.default_rng(0))).shape[1]
         self.obs_dim = env.obs_dim + self.task_dim
+        self.observation_space = spaces.Box(-np.inf, np.inf, (self.obs_dim,), np.float32)
+
+    @staticmethod
+    def _flat(tasks: Mapping) -> torch.Tensor:
+        return torch.cat([torch.as_tensor(np.asarray(v, dtype=np.float32) if not isinstance(v, torch.Tensor) else v,
+                                          dtype=torch.float32).reshape(len(v), -1) for v in tasks.values()], dim=1)
+
+    def sample_tasks(self, n: int, rng: np.random.Generator):
+        return self.env.sample_tasks(n, rng)
 
     def _augment(self, obs: torch.Tensor) -> torch.Tensor:
         return torch.cat([obs, self._task.to(obs)], dim=1)
 
     def reset(self, tasks: Mapping, seeds) -> torch.Tensor:
-        checked = self.TASKS.validate_batch(tasks)
-        self._task = torch.cat([torch.as_tensor(v).reshape(len(v), -1) for v in checked.values()], dim=1)
-        return self._augment(self.env.reset(tasks, seeds))
+        obs = self.env.reset(tasks, seeds)
+        self._task = self._flat(tasks)
+        return self._augment(obs)
 
     def step(self, actions):
         obs, reward, done, info = self.env.step(actions)

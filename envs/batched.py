@@ -56,6 +56,7 @@ class BatchedLocomotion:
         self.reference = self.proto.convention.reference
         self.obs_dim = self.proto.obs_dim
         self.act_dim = self.proto.action_space.shape[0]
+        self.observation_space, self.action_space = self.proto.observation_space, self.proto.action_space
         self.dtype, self.device = dtype, torch.device(device)
         model = self.proto.model
         self.batch = mjbatch.Batch(model, num_envs, nthread)
@@ -77,6 +78,10 @@ class BatchedLocomotion:
 
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.dtype).to(self.device)
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` tasks of the family (a dict of arrays with leading axis ``n``) drawn from ``rng``."""
+        return self.TASKS.sample(n, rng)
 
     def reset(self, tasks: Mapping, seeds: Sequence[int] | int) -> Tensor:
         """Start N episodes; ``tasks`` has a leading axis N; ``seeds`` one int per episode (or a base).

@@ -158,6 +158,13 @@ class BatchedNavigation2D:
         self.convention = convention
         self.action_scale = navigation_action_scale(convention, horizon, max_action, goal_radius, action_scale,
                                                     goal_region)
+        bound = max_action / self.action_scale
+        self.observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+        self.action_space = spaces.Box(-bound, bound, (2,), np.float32)
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` goals ``{"goal": [n, 2]}`` drawn from ``rng``."""
+        return self.TASKS.sample(n, rng)
 
     def reset(self, tasks: Mapping, seeds: object = None) -> Tensor:
         """Start N episodes for ``tasks`` (``{"goal": [N, 2]}``); ``seeds`` are unused (no randomness)."""

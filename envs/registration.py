@@ -18,13 +18,18 @@ FAMILIES = {
     "AntGoal": "rl_maml.envs.locomotion:AntGoalEnv",
 }
 ENV_IDS = {name: f"rl_maml/{name}-v0" for name in FAMILIES}
+# The registered specs' max_episode_steps: the longest default horizon of the family's conventions
+# (locomotion: maml 200, gym 100; navigation: 100). Every env also truncates itself at its own
+# horizon, so a shorter one ends first; a longer ``horizon=`` override needs
+# ``gymnasium.make(..., max_episode_steps=...)`` as well (``rl_maml.agents.rl_baselines`` does that).
+MAX_EPISODE_STEPS = {name: 100 if name == "Navigation2D" else 200 for name in FAMILIES}
 
 
 def register_envs() -> None:
     """Register every family as ``rl_maml/<Name>-v0`` (idempotent)."""
     for name, entry_point in FAMILIES.items():
         if ENV_IDS[name] not in registry:
-            register(id=ENV_IDS[name], entry_point=entry_point)
+            register(id=ENV_IDS[name], entry_point=entry_point, max_episode_steps=MAX_EPISODE_STEPS[name])
 
 
 def _family(name: str) -> str:

@@ -28,7 +28,7 @@ from rl_maml.config import ConfigError, from_dict
 def raw_rate(num_envs: int, steps: int = 100) -> float:
     env = make_batched("HalfCheetahVel", num_envs)
     rng = np.random.default_rng(0)
-    env.reset(env.TASKS.sample(num_envs, rng), seeds=0)
+    env.reset(env.sample_tasks(num_envs, rng), seeds=0)
     actions = torch.as_tensor(rng.standard_normal((steps, num_envs, env.act_dim)), dtype=torch.float32)
     env.step(actions[0])
     t0 = time.perf_counter()
@@ -48,8 +48,8 @@ def fvp_costs(agent, repeats: int = 3) -> tuple[float, float]:
 
     meta = agent.meta
     tasks = agent.sample_tasks(0)
-    train = [agent._sample(meta.params(), tasks, 0, 0)]
-    adapted = meta.adapt_step(meta.params(), train[0], 0)
+    train = [agent._sample(meta.initial_params(agent.M), tasks, 0, 0)]
+    adapted = meta.adapt_step(meta.initial_params(train[0].num_tasks), train[0], 0)
     valid = agent._sample(adapted, tasks, 0, "valid")
     params = list(meta.policy.parameters())
     v = torch.randn(sum(p.numel() for p in params), device=agent.device)

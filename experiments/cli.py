@@ -60,20 +60,20 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    run_dir = Path(args.run_dir)
+def start_run(cfg, run_dir: Path, resume: bool):
+    """Check ``run_dir`` against config ``cfg`` and write its config.yaml; returns the benchmark module.
+
+    A new run needs a folder without a run; ``resume`` needs the folder's stored config to equal
+    ``cfg`` except in :data:`RESUMABLE_CHANGES`."""
+    module = benchmark_module(cfg.benchmark)
     stored = run_dir / "config.yaml"
     ckpts = list_checkpoints(run_dir / "checkpoints")
-    if args.resume:
+    if resume:
         if not stored.is_file():
             raise ConfigError(f"--resume: {stored} does not exist; start the run without --resume")
-        old = load_yaml(stored)
-        raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides) if args.config else \
-            apply_overrides(old, args.overrides)
-        module, cfg = build_config(raw)
         # The stored config is resolved too, so fields added to the code since the run started
         # take their defaults on both sides instead of counting as changes.
-        new_flat, old_flat = _flatten(to_dict(cfg)), _flatten(to_dict(build_config(old)[1]))
+        new_flat, old_flat = _flatten(to_dict(cfg)), _flatten(to_dict(build_config(load_yaml(stored))[1]))
         changed = sorted(k for k in new_flat.keys() | old_flat.keys() if new_flat.get(k) != old_flat.get(k))
         bad = [k for k in changed if k not in RESUMABLE_CHANGES]
         if bad:
@@ -81,17 +81,30 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"--resume: the config differs from the run's stored {stored} in {bad}; only "
                 f"{sorted(RESUMABLE_CHANGES)} may change when resuming. Start a new --run-dir instead."
             )
+    elif ckpts or stored.is_file():
+        raise ConfigError(
+            f"{run_dir} already holds a run{f' (checkpoint at iteration {ckpts[-1][0]})' if ckpts else ''}; "
+            "pass --resume to continue it, or choose another --run-dir"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, stored)
+    return module
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    run_dir = Path(args.run_dir)
+    stored = run_dir / "config.yaml"
+    if args.resume:
+        if not stored.is_file():
+            raise ConfigError(f"--resume: {stored} does not exist; start the run without --resume")
+        raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides) if args.config else \
+            apply_overrides(load_yaml(stored), args.overrides)
     else:
         if args.config is None:
             raise ConfigError("train needs a CONFIG (a YAML file or a preset name) unless --resume is given")
-        if ckpts or stored.is_file():
-            raise ConfigError(
-                f"{run_dir} already holds a run{f' (checkpoint at iteration {ckpts[-1][0]})' if ckpts else ''}; "
-                "pass --resume to continue it, or choose another --run-dir"
-            )
-        module, cfg = build_config(apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, stored)
+        raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides)
+    module, cfg = build_config(raw)
+    start_run(cfg, run_dir, args.resume)
     print(f"run folder: {run_dir} (config.yaml, checkpoints/, tb/)", file=sys.stderr)
     module.train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
     print(f"trained: newest checkpoint {latest_checkpoint(run_dir / 'checkpoints')}", file=sys.stderr)

@@ -17,6 +17,7 @@ pattern within each epsilon of full MAML. Writes ``results.json``, ``results.md`
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
@@ -25,7 +26,6 @@ import torch
 from rl_maml.checkpoint import atomic_write_bytes, latest_checkpoint
 from rl_maml.config import from_dict, load_yaml
 from rl_maml.functional import TaskBatchedModel
-from rl_maml.inner import ConstantStepSize, InnerLoop
 from rl_maml.patterns import LayerPattern, adapt_with_pattern, full_maml, select_pattern, subset_family, \
     time_adaptation, top_k_family
 from rl_maml.seeding import torch_generator
@@ -106,28 +106,30 @@ def measure(learner, sample, benchmark: str, patterns: list[LayerPattern], val_t
 
 def measure_rl(agent, cfg, patterns: list[LayerPattern], val_tasks: int, repeats: int) -> list[dict]:
     """Meta-RL: time one inner step on a fixed episode batch; score = return after the steps."""
+    from rl_maml.functional import expand_params
     from rl_maml.rl.baseline import LinearFeatureBaseline
-    from rl_maml.rl.evaluation import adaptation_returns
+    from rl_maml.rl.evaluation import adaptation_returns, evaluation_inner
     from rl_maml.seeding import numpy_generator
 
     env = cfg.env.make(val_tasks * cfg.eval.fast_batch_size, torch.device("cpu"))
-    tasks = {k: torch.as_tensor(v) for k, v in env.TASKS.sample(val_tasks, numpy_generator(1, "lambda-val")).items()}
+    tasks = {k: torch.as_tensor(v) for k, v in env.sample_tasks(val_tasks, numpy_generator(1, "lambda-val")).items()}
+    eval_inner = evaluation_inner(agent.meta.inner, cfg.eval.step_scales)
     groups = agent.policy.layer_groups()
     steps = patterns[0].num_steps
     rows, episodes = [], None
     for pattern in patterns:
-        returns, eps = adaptation_returns(agent.policy, env, tasks, cfg.eval.fast_batch_size, steps,
-                                          cfg.inner.inner_lr, LinearFeatureBaseline(), cfg.train.gamma,
-                                          cfg.train.gae_lambda, seed=1, mask=pattern.mask(groups))
+        inner = dataclasses.replace(eval_inner, mask=pattern.mask(groups))
+        returns, eps = adaptation_returns(agent.policy, env, tasks, cfg.eval.fast_batch_size, steps, inner,
+                                          LinearFeatureBaseline(), cfg.train.gamma, cfg.train.gae_lambda, seed=1)
         episodes = episodes or eps[0]  # the same pre-adaptation episodes time every pattern
-        inner = InnerLoop(ConstantStepSize(cfg.inner.inner_lr), 1, first_order=True, mask=pattern.mask(groups))
         params = {k: v.detach() for k, v in agent.meta.params().items()}
 
         adapted_names = set(inner.adapted_names(0, params))
 
         def adapt():
             leaves = {k: v.detach().requires_grad_(k in adapted_names) for k, v in params.items()}
-            return agent.meta.adapt_step(leaves, episodes, 0, inner=inner, create_graph=False)
+            return agent.meta.adapt_step(expand_params(leaves, val_tasks), episodes, 0, inner=inner,
+                                         create_graph=False)
 
         seconds = time_adaptation(adapt, repeats=repeats) * steps / val_tasks
         rows.append({"name": pattern.name, "pattern": str(pattern), "frozen_prefix": pattern.frozen_prefix,

@@ -12,23 +12,24 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import gymnasium
 import numpy as np
 import torch
 from rl_maml.agents.maml_trpo import AlphaMAMLTRPOAgent, MAMLTRPOAgent
 from rl_maml.agents.rl_baselines import TaskAugmentedBatchedEnv
-from rl_maml.envs import make_batched
+from rl_maml.envs import BatchedTaskEnv, make_batched
 from rl_maml.envs.registration import FAMILIES
 
 from rl_maml.checkpoint import load_checkpoint, save_checkpoint
 from rl_maml.config import ConfigError, InnerConfig, VariantConfig
-from rl_maml.functional import TaskBatchedModel, params_of
+from rl_maml.functional import TaskBatchedModel, expand_params, params_of
 from rl_maml.hypergradient import HypergradientStepSize
 from rl_maml.inner import InnerLoop, make_inner_loop
 from rl_maml.rl.baseline import LinearFeatureBaseline
 from rl_maml.rl.episodes import episode_seeds, sample_episodes
-from rl_maml.rl.evaluation import adaptation_returns
+from rl_maml.rl.evaluation import adaptation_returns, evaluation_inner
 from rl_maml.rl.maml_trpo import TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
 from rl_maml.seeding import numpy_generator, seed_everything, torch_generator
@@ -57,8 +58,32 @@ class EnvConfig:
     """Navigation2D only: where an episode ends, within 0.01 of the goal in both coordinates
     (``square``, the default and the MAML paper's code) or in Euclidean distance (``disc``, what
     rl_maml's runs before the square used)."""
+    id: str | None = None
+    """Instead of a built-in family: any registered Gymnasium meta-env with the task API
+    (``sample_tasks``, ``set_task``; see ``rl_maml.envs.vector``), e.g. ``MyMeta-v0``, or
+    ``my_module:MyMeta-v0`` to import the module that registers it first. ``name``,
+    ``convention``, ``action_scale``, ``cost_on_clipped`` and ``goal_region`` then do not apply;
+    ``horizon`` defaults to the spec's ``max_episode_steps``."""
+    vectorization: Literal["sync", "async"] = "sync"
+    """With ``id``: step the episodes in one process (sync; cheap envs) or one process per env
+    (async; slow envs), through Gymnasium's vector envs."""
+    make_kwargs: dict[str, Any] = field(default_factory=dict)
+    """With ``id``: keyword arguments of ``gymnasium.make``."""
 
     def __post_init__(self) -> None:
+        if self.id is not None:
+            if not self.id.strip():
+                raise ConfigError("env.id must name a registered Gymnasium env (or be null for env.name)")
+            given = [k for k in ("action_scale", "cost_on_clipped", "goal_region") if getattr(self, k) is not None]
+            if given:
+                raise ConfigError(f"env.{given[0]} applies to the built-in families, not to env.id={self.id!r}; "
+                                  f"leave it null")
+            if self.horizon is not None and self.horizon < 1:
+                raise ConfigError(f"env.horizon must be >= 1 (or null for the spec's), got {self.horizon}")
+            return
+        if self.make_kwargs:
+            raise ConfigError("env.make_kwargs applies with env.id only; set the built-in family's options "
+                              "(env.convention, env.horizon, ...) instead")
         if self.name not in FAMILIES:
             raise ConfigError(f"env.name must be one of {sorted(FAMILIES)}, got {self.name!r}")
         if self.horizon is not None and self.horizon < 1:
@@ -73,16 +98,32 @@ class EnvConfig:
             raise ConfigError(f"env.goal_region applies to Navigation2D only ({self.name} has no goal region); "
                               f"leave it null")
 
+    @property
+    def label(self) -> str:
+        """The env's name in titles and results: the family, or the Gymnasium id."""
+        return self.id if self.id is not None else self.name
+
     def kwargs(self) -> dict:
-        """Keyword arguments of the single and batched envs: the convention and the overrides given."""
+        """Keyword arguments of the single envs: the convention and the overrides given (with
+        ``id``: ``make_kwargs``)."""
+        if self.id is not None:
+            return dict(self.make_kwargs)
         overrides = (("horizon", self.horizon), ("action_scale", self.action_scale),
                      ("cost_on_clipped", self.cost_on_clipped), ("goal_region", self.goal_region))
         return {"convention": self.convention} | {k: v for k, v in overrides if v is not None}
 
-    def make(self, num_envs: int, device: torch.device):
-        if self.name == "Navigation2D":
-            return make_batched(self.name, num_envs, device=device, **self.kwargs())
-        return make_batched(self.name, num_envs, **self.kwargs())
+    def make(self, num_envs: int, device: torch.device) -> BatchedTaskEnv:
+        """The batched env of ``num_envs`` episodes (a :class:`~rl_maml.envs.protocol.BatchedTaskEnv`)."""
+        if self.id is not None:
+            from rl_maml.envs.vector import VectorTaskEnv
+
+            try:
+                return VectorTaskEnv(self.id, num_envs, horizon=self.horizon, vectorization=self.vectorization,
+                                     make_kwargs=self.make_kwargs, device=device)
+            except gymnasium.error.Error as e:
+                raise ConfigError(f"env.id={self.id!r}: {e}. Register the env with gymnasium.register, or name "
+                                  f"the module that registers it: env.id=my_module:{self.id}") from None
+        return make_batched(self.name, num_envs, device=device, **self.kwargs())
 
 
 @dataclass
@@ -163,9 +204,12 @@ class RLEvalConfig:
     ``batch_size=4000``), so that once adapted episodes end early there are more of them.
     null: exactly ``fast_batch_size`` episodes. The oracle, which does not adapt, always uses
     ``fast_batch_size`` episodes."""
-    step_scales: list[float] = field(default_factory=lambda: [1.0, 0.5])
-    """Step k's step size is ``inner.inner_lr * step_scales[k]`` (the last entry repeats): the MAML
-    paper's alpha, then alpha/2 by default; its AntDir test script used alpha, then alpha/100."""
+    step_scales: list[float] | None = None
+    """null: adapt with the training's inner loop, step k with its step size for step k
+    (``inner.inner_lr`` times ``inner.step_scales[k]``, the last entry repeating). A list: step k's
+    step size is the training's first one times ``step_scales[k]`` (the last entry repeats), as the
+    MAML paper's test scripts did: alpha, then alpha/2 (``[1.0, 0.5]``, the built-in presets'
+    setting); AntDir's alpha, then alpha/100."""
     seed: int = 1234
     """Seed of the test tasks and episodes (shared by every run)."""
     test_tasks: Literal["sampled", "reference"] = "sampled"
@@ -196,8 +240,9 @@ class RLEvalConfig:
         if self.test_tasks == "reference" and self.num_tasks != 40:
             raise ConfigError(f"eval.test_tasks=reference is the reference scripts' 40 tasks; eval.num_tasks must "
                               f"be 40, got {self.num_tasks}")
-        if not self.step_scales or not all(math.isfinite(x) and x >= 0 for x in self.step_scales):
-            raise ConfigError(f"eval.step_scales must be a non-empty list of finite numbers >= 0, "
+        if self.step_scales is not None and (
+                not self.step_scales or not all(math.isfinite(x) and x >= 0 for x in self.step_scales)):
+            raise ConfigError(f"eval.step_scales must be null or a non-empty list of finite numbers >= 0, "
                               f"got {self.step_scales}")
 
 
@@ -283,8 +328,11 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     env = cfg.env.make(e.num_tasks * e.fast_batch_size, device)
 
     def test_tasks(seed: int) -> dict[str, torch.Tensor]:
-        return {k: torch.as_tensor(v) for k, v in env.TASKS.sample(e.num_tasks, numpy_generator(seed, "test-tasks")).items()}
+        return {k: torch.as_tensor(v) for k, v in env.sample_tasks(e.num_tasks, numpy_generator(seed, "test-tasks")).items()}
 
+    if e.test_tasks == "reference" and cfg.env.id is not None:
+        raise ConfigError(f"eval.test_tasks=reference covers the built-in families; env.id={cfg.env.id!r} needs "
+                          "eval.test_tasks=sampled")
     tasks = reference_test_tasks(cfg.env.name) if e.test_tasks == "reference" else test_tasks(e.seed)
     to_train = [n for n in ("pretrained", "oracle") if n in e.baselines and not baseline_cache(run_dir, n, e).is_file()]
     if to_train:
@@ -300,12 +348,16 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
             policies[name] = reference_policy(cfg, run_dir, name, device)
     methods, episodes = {}, {}
 
+    # MAML adapts with its training's inner loop (Alpha MAML's with its learned alphas), the other
+    # policies with the same schedule at the configured inner_lr; eval.step_scales rescales it per step.
+    configured = make_inner_loop(cfg.inner, dict(agent.policy.named_parameters()))[0]
+    inners = {"maml": evaluation_inner(agent.meta.inner, e.step_scales),
+              "other": evaluation_inner(configured, e.step_scales)}
+
     def adapt(name: str, policy: GaussianMLPPolicy, tasks: dict[str, torch.Tensor], seed: int):
-        # Every policy adapts with the configured alpha, except Alpha MAML's, which uses its learned alphas.
-        lr = agent.meta.inner.step_size if name == "maml" and cfg.method == "alpha_maml" else cfg.inner.inner_lr
-        return adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps, lr, LinearFeatureBaseline(),
-                                  cfg.train.gamma, cfg.train.gae_lambda, seed, step_scales=tuple(e.step_scales),
-                                  steps_per_task=e.batch_steps)
+        return adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps,
+                                  inners["maml" if name == "maml" else "other"], LinearFeatureBaseline(),
+                                  cfg.train.gamma, cfg.train.gae_lambda, seed, steps_per_task=e.batch_steps)
 
     episode_counts = {}
     for name, policy in policies.items():
@@ -318,13 +370,14 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         oracle_env = TaskAugmentedBatchedEnv(env)
         oracle = reference_policy(cfg, run_dir, "oracle", device)
         seeds = episode_seeds(e.seed, "eval", 0, num_tasks=e.num_tasks, episodes_per_task=e.fast_batch_size)
-        eps = sample_episodes(oracle_env, TaskBatchedModel(oracle), params_of(oracle), tasks, e.fast_batch_size,
-                              seeds, torch_generator(e.seed, "eval-actions", 0, device=device))
+        eps = sample_episodes(oracle_env, TaskBatchedModel(oracle), expand_params(params_of(oracle), e.num_tasks),
+                              tasks, e.fast_batch_size, seeds, torch_generator(e.seed, "eval-actions", 0, device=device))
         per_task = eps.returns().mean(1).double().cpu()
         mean, ci = mean_ci95(per_task)
         methods["oracle"] = {"mean": [mean.item()] * (e.num_steps + 1), "ci95": [ci.item()] * (e.num_steps + 1),
                              "per_task": [per_task.tolist()] * (e.num_steps + 1)}
     steps = list(range(e.num_steps + 1))
+    eval_scales = list(e.step_scales) if e.step_scales is not None else list(cfg.inner.step_scales or [1.0])
     draws = None
     if e.extra_draws:
         seeds = [e.seed + d for d in range(e.extra_draws + 1)]
@@ -334,18 +387,18 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         draws = {"seeds": seeds, "mean_per_draw": per_draw, "mean": per_draw_t.mean(0).tolist(),
                  "sd_over_draws": per_draw_t.std(0).tolist()}
     results = {
-        "benchmark": "metarl", "env": cfg.env.name, "convention": cfg.env.convention,
+        "benchmark": "metarl", "env": cfg.env.label, "convention": None if cfg.env.id else cfg.env.convention,
         "metric": "mean undiscounted return per task (mean over test tasks, 95% CI)",
         "num_test_tasks": e.num_tasks, "episodes_per_task": e.fast_batch_size, "batch_steps": e.batch_steps,
         "mean_episodes_per_task": episode_counts, "inner_lr": cfg.inner.inner_lr,
-        "step_sizes": step_sizes_text(e.step_scales), "step_scales": list(e.step_scales), "test_seed": e.seed,
+        "step_sizes": step_sizes_text(eval_scales), "step_scales": eval_scales, "test_seed": e.seed,
         "test_tasks": e.test_tasks, "checkpoint_iteration": iteration,
         "steps": steps, "methods": methods,
     }
     if draws is not None:
         results["maml_draws"] = draws
     out = run_dir / "eval"
-    title = (f"{cfg.env.name} ({cfg.env.convention} convention): return on {e.num_tasks} test tasks after k "
+    title = (f"{cfg.env.label}{'' if cfg.env.id else f' ({cfg.env.convention} convention)'}: return on {e.num_tasks} test tasks after k "
              f"policy-gradient steps (checkpoint at iteration {iteration})")
     labels = {"maml": "MAML", "random": "random init", "pretrained": "pretrained (PPO, adapted)",
               "oracle": "oracle (PPO, task observed)"}
@@ -360,13 +413,14 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         counts = " / ".join(f"{c:g}" for c in episode_counts["maml"])
         sampling = (f"episodes per task and step until they hold {e.batch_steps} env steps (MAML: {counts} "
                     f"episodes on average after 0 / 1 / ... steps)")
-    write_results(out, results, f"# {title}\n\nSampling: {sampling}; step size {step_sizes_text(e.step_scales)} "
+    write_results(out, results, f"# {title}\n\nSampling: {sampling}; step size {step_sizes_text(eval_scales)} "
                                 f"(alpha = {cfg.inner.inner_lr:g}).\n\n" + table)
     fig, ax = plots.plt.subplots(figsize=(5, 4))
     plots.plot_adaptation_curves(ax, methods, steps, "average return", constant=("oracle",), labels=labels)
-    ax.set_title(cfg.env.name if cfg.env.name == "Navigation2D" else f"{cfg.env.name} ({cfg.env.convention})")
+    navigation = cfg.env.id is None and cfg.env.name == "Navigation2D"
+    ax.set_title(cfg.env.label if navigation or cfg.env.id else f"{cfg.env.name} ({cfg.env.convention})")
     plots.save(fig, out / "adaptation.png")
-    if cfg.env.name == "Navigation2D":
+    if navigation:
         plot_navigation(episodes["maml"], tasks, out / "trajectories.png")
     return results
 
@@ -436,7 +490,7 @@ def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.
             f"the cached {name} baseline {path} was trained for another policy than this run's "
             f"(policy.hidden_sizes={list(p.hidden_sizes)}, policy.activation={p.activation}): {mismatch}. "
             f"Delete {path} to train it again for this policy.")
-    model = train_ppo(cfg.env.name, env_kwargs, p.hidden_sizes, p.activation,
+    model = train_ppo(cfg.env.label, env_kwargs, p.hidden_sizes, p.activation,
                       e.baseline_timesteps, e.seed, append_task=name == "oracle", progress=f"PPO {name} baseline")
     policy = to_gaussian_policy(model, p.hidden_sizes, p.activation)
     save_checkpoint(path, {"policy": policy.state_dict(), "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,

@@ -46,6 +46,17 @@ def stack_params(per_task: list[Params]) -> Params:
     return {k: torch.stack([p[k] for p in per_task]) for k in per_task[0]}
 
 
+def check_per_task(model: "TaskBatchedModel", params: Params, num_tasks: int, what: str = "params") -> None:
+    """``ValueError`` unless every tensor of ``params`` is ``[num_tasks, *shape of the module's tensor]``."""
+    shapes = {n: p.shape for n, p in model.module.named_parameters()}
+    for name, value in params.items():
+        want = (num_tasks, *shapes[name]) if name in shapes else None
+        if want is not None and tuple(value.shape) != want:
+            raise ValueError(
+                f"{what}[{name!r}] has shape {tuple(value.shape)}; per-task parameters [M, ...] = {want} are "
+                f"needed. Expand shared parameters with rl_maml.functional.expand_params(params, {num_tasks}).")
+
+
 class TaskBatchedModel:
     """Applies one ``nn.Module`` with a different parameter set per task, for all tasks at once.
 

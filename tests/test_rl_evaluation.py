@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rl_maml.functional import TaskBatchedModel
+from rl_maml.functional import TaskBatchedModel, expand_params
+from rl_maml.inner import ConstantStepSize, InnerLoop
 from rl_maml.rl.baseline import LinearFeatureBaseline
 from rl_maml.rl.episodes import episode_seeds, sample_episodes, sample_step_budget
 from rl_maml.rl.evaluation import adaptation_returns
@@ -43,7 +44,7 @@ def test_step_budget_keeps_the_fewest_whole_episodes_that_reach_it():
     M, B, T, budget, seed = 3, 4, 10, 25, 7
     env, policy = LengthBySeed(M * B, T), _policy()
     tasks = {"x": torch.zeros(M)}
-    params = dict(policy.named_parameters())
+    params = expand_params(dict(policy.named_parameters()), M)
     eps = sample_step_budget(env, TaskBatchedModel(policy), params, tasks, B, budget, seed, ("eval", 0),
                              torch_generator(seed, "eval-actions", 0))
     lengths, kept = eps.mask.sum(0), eps.kept()
@@ -81,7 +82,8 @@ def test_adaptation_returns_average_over_the_kept_episodes_only():
     M, B, T = 2, 3, 6
     env, policy = LengthBySeed(M * B, T), _policy()
     tasks = {"x": torch.zeros(M)}
-    args = (policy, env, tasks, B, 1, 0.1, LinearFeatureBaseline(), 0.99, 1.0, 3)
+    args = (policy, env, tasks, B, 1, InnerLoop(ConstantStepSize(0.1), first_order=True), LinearFeatureBaseline(),
+            0.99, 1.0, 3)
     returns, eps = adaptation_returns(*args, steps_per_task=20)
     for s, ep in enumerate(eps):
         kept = ep.mask[0]
@@ -90,7 +92,8 @@ def test_adaptation_returns_average_over_the_kept_episodes_only():
         assert (ep.mask.sum(dim=(0, 2)) >= 20).all()
     fixed, _ = adaptation_returns(*args)  # B episodes per task: the mean over all of them
     assert fixed.shape == returns.shape
-    assert torch.equal(fixed[0], sample_episodes(env, TaskBatchedModel(policy), dict(policy.named_parameters()),
+    assert torch.equal(fixed[0], sample_episodes(env, TaskBatchedModel(policy),
+                                                 expand_params(dict(policy.named_parameters()), M),
                                                  tasks, B, episode_seeds(3, "eval", 0, num_tasks=M,
                                                                          episodes_per_task=B),
                                                  torch_generator(3, "eval-actions", 0)).returns().mean(1))

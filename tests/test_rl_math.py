@@ -12,6 +12,7 @@ import torch
 from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop
 from rl_maml.rl.baseline import LinearFeatureBaseline
 from rl_maml.rl.episodes import Episodes
+from rl_maml.functional import expand_params
 from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy, kl_divergence, log_prob
 from rl_maml.rl.returns import discounted_returns, gae, normalize_per_task
@@ -130,7 +131,7 @@ def test_fisher_vector_product_through_the_adaptation_graph(float64):
     def kl_of(theta):
         chunks = torch.split(theta, [math.prod(s) for s in shapes])
         named = {n: c.view(s) for n, c, s in zip(names, chunks, shapes)}
-        adapted = meta.adapt_step(named, train[0], 0, create_graph=True)
+        adapted = meta.adapt_step(expand_params(named, train[0].num_tasks), train[0], 0, create_graph=True)
         return meta.surrogate(adapted, valid, old)[1]
 
     hessian = torch.autograd.functional.hessian(kl_of, flat([p.detach() for p in params]))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import gymnasium
 import torch
 from rl_maml.agents.maml_trpo import MAMLTRPOAgent
 from rl_maml.experiments.cli import main
@@ -23,16 +24,15 @@ class ShortEpisodes:
     observation drifts with the action, the reward is the action's first entry."""
 
     obs_dim, act_dim = 2, 2
+    device = torch.device("cpu")
+    observation_space = action_space = gymnasium.spaces.Box(-1, 1, (2,))
 
     def __init__(self, num_envs: int, horizon: int):
         self.num_envs, self.horizon = num_envs, horizon
 
-        class Tasks:
-            @staticmethod
-            def sample(n, rng):
-                return {"x": rng.uniform(-1, 1, size=n)}
-
-        self.TASKS = Tasks
+    @staticmethod
+    def sample_tasks(n, rng):
+        return {"x": rng.uniform(-1, 1, size=n)}
 
     def reset(self, tasks, seeds):
         self.length = torch.tensor([1 + s % self.horizon for s in seeds])
@@ -52,7 +52,7 @@ def _sample(M=3, B=4, T=10, budget=25, seed=5):
     meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.1), first_order=True), TRPOSettings())
     env = ShortEpisodes(M * B, T)
     tasks = {"x": torch.linspace(-0.5, 0.5, M)}
-    eps = sample_step_budget(env, meta.batched, meta.params(), tasks, B, budget, seed, (0, 0),
+    eps = sample_step_budget(env, meta.batched, meta.initial_params(M), tasks, B, budget, seed, (0, 0),
                              torch_generator(seed, "actions", 0))
     return meta, eps
 
@@ -84,7 +84,7 @@ def test_baseline_advantages_and_inner_loss_ignore_the_dropped_episodes():
 def test_surrogate_and_kl_ignore_the_dropped_episodes():
     meta, eps = _sample()
     eps.compute_advantages(LinearFeatureBaseline(), 0.99, 1.0)
-    adapted = meta.adapt_step(meta.params(), eps, 0)
+    adapted = meta.adapt_step(meta.initial_params(eps.num_tasks), eps, 0)
     loss, kl, _ = meta.surrogate(adapted, eps)
     per_task = []
     for m in range(eps.num_tasks):
@@ -192,7 +192,7 @@ def test_stopping_unneeded_episodes_keeps_the_same_episodes():
     M, B, budget = 2, 3, 100
     torch.manual_seed(0)
     policy = GaussianMLPPolicy(125, 8, (8,))
-    params = dict(policy.named_parameters())
+    params = expand_params(dict(policy.named_parameters()), M)
     tasks = {"velocity": torch.tensor([0.5, 2.0], dtype=torch.float64)}
     results = []
     for wrap in (lambda e: e, NoStop):

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from rl_maml.aliases import Params
-from rl_maml.functional import TaskBatchedModel, expand_params
+from rl_maml.functional import TaskBatchedModel, check_per_task
 from rl_maml.seeding import derive_seed
 
 
@@ -133,7 +133,8 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
     Args:
         env: a batched env with ``num_envs = M * B`` (env ``m * B + b`` runs episode b of task m).
         policy: the policy applied per task (a :class:`~rl_maml.functional.TaskBatchedModel`).
-        params: policy parameters, batched ``[M, ...]`` or shared (unbatched; expanded here).
+        params: per-task policy parameters ``[M, ...]`` (expand shared ones with
+            :func:`~rl_maml.functional.expand_params`).
         tasks: task fields with leading axis M.
         episodes_per_task: B.
         reset_seeds: one seed per episode (see :func:`episode_seeds`).
@@ -152,10 +153,8 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
     N = M * B
     if env.num_envs != N:
         raise ValueError(f"the batched env has {env.num_envs} envs, expected M x B = {M} x {B} = {N}")
-    some = next(iter(params.values()))
-    shared = some.dim() == next(iter(policy.module.parameters())).dim()
-    params = expand_params(params, M) if shared else params
-    device = some.device
+    check_per_task(policy, params, M)
+    device = next(iter(params.values())).device
     env_tasks = {k: torch.as_tensor(v).repeat_interleave(B, dim=0) for k, v in tasks.items()}
     obs = env.reset(env_tasks, reset_seeds).to(device)
     T = env.horizon

@@ -2,65 +2,100 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop, StepSize, step_scale
+from rl_maml.functional import TaskBatchedModel, expand_params, params_of
+from rl_maml.inner import InnerLoop, StepSize, step_scale
+from rl_maml.rl.adaptation import Adaptation, adapt_policy
 from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes, sample_step_budget
-from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
 from rl_maml.seeding import torch_generator
 
 
+@dataclass(frozen=True)
+class RescaledStepSize:
+    """Step k of ``base`` at its first step's value times ``step_scales[k]`` (the last entry repeats).
+
+    An evaluation protocol's schedule on a trained inner loop: the MAML paper's test scripts used
+    alpha, then alpha/2 (AntDir: alpha/100), whatever the training's schedule; per-tensor and learned
+    step sizes (Alpha MAML's) keep their per-tensor values."""
+
+    base: StepSize
+    step_scales: tuple[float, ...]
+
+    def __call__(self, step: int, name: str):
+        value = self.base(0, name)
+        if isinstance(value, Tensor):
+            value = value.detach()
+        return value * step_scale(self.step_scales, step)
+
+
+def evaluation_inner(inner: InnerLoop, step_scales: Sequence[float] | None = None) -> InnerLoop:
+    """The inner loop evaluation adapts with: the training's (step sizes per step, mask), or, with
+    ``step_scales``, the training's first-step sizes rescaled per step (:class:`RescaledStepSize`).
+    Always first order (evaluation needs no meta-gradient)."""
+    step_size = inner.step_size if step_scales is None else RescaledStepSize(inner.step_size, tuple(step_scales))
+    return InnerLoop(step_size, inner.num_steps, first_order=True, mask=inner.mask)
+
+
+def evaluation_sampler(env, model: TaskBatchedModel, tasks: Mapping[str, Tensor], episodes_per_task: int,
+                       baseline, gamma: float, gae_lambda: float, seed: int, steps_per_task: int | None = None,
+                       device: torch.device | str = "cpu"):
+    """``sample(params, k)`` for :func:`~rl_maml.rl.adaptation.adapt_policy`: evaluation's episodes of step k.
+
+    Step k's episodes are keyed ``("eval", k)`` (reset seeds) and ``("eval-actions", k)`` (action
+    noise): every policy evaluated with the same ``seed`` meets the same starts. ``steps_per_task``:
+    sample by env-step budget instead of ``episodes_per_task`` episodes (:func:`sample_step_budget`)."""
+    M = len(next(iter(tasks.values())))
+
+    def sample(params, k: int) -> Episodes:
+        generator = torch_generator(seed, "eval-actions", k, device=device)
+        if steps_per_task is None:
+            seeds = episode_seeds(seed, "eval", k, num_tasks=M, episodes_per_task=episodes_per_task)
+            episodes = sample_episodes(env, model, params, tasks, episodes_per_task, seeds, generator)
+        else:
+            episodes = sample_step_budget(env, model, params, tasks, episodes_per_task, steps_per_task, seed,
+                                          ("eval", k), generator)
+        episodes.compute_advantages(baseline, gamma, gae_lambda)
+        return episodes
+
+    return sample
+
+
+def adapt_to_tasks(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tensor], inner: InnerLoop, num_steps: int,
+                   episodes_per_task: int, baseline, gamma: float, gae_lambda: float, seed: int,
+                   steps_per_task: int | None = None, objective: str = "reinforce") -> Adaptation:
+    """Adapt ``policy`` to each of ``tasks`` (no meta-gradient) with fresh episodes after every step."""
+    if steps_per_task is not None and steps_per_task < 1:
+        raise ValueError(f"steps_per_task must be >= 1 (or None for a fixed episode count), got {steps_per_task}")
+    model = TaskBatchedModel(policy)
+    M = len(next(iter(tasks.values())))
+    device = next(policy.parameters()).device
+    sample = evaluation_sampler(env, model, tasks, episodes_per_task, baseline, gamma, gae_lambda, seed,
+                                steps_per_task, device)
+    params = expand_params({k: v.detach() for k, v in params_of(policy).items()}, M)
+    return adapt_policy(model, params, inner, sample, num_steps, create_graph=False, objective=objective)
+
+
 def adaptation_returns(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tensor], episodes_per_task: int,
-                       num_steps: int, inner_lr: float | StepSize, baseline, gamma: float, gae_lambda: float,
-                       seed: int, step_scales: tuple[float, ...] = (1.0, 0.5), mask: AdaptationMask | None = None,
-                       steps_per_task: int | None = None) -> tuple[Tensor, list[Episodes]]:
-    """Adapt ``policy`` to each task with vanilla policy gradient and record the returns.
+                       num_steps: int, inner: InnerLoop, baseline, gamma: float, gae_lambda: float, seed: int,
+                       steps_per_task: int | None = None, objective: str = "reinforce"
+                       ) -> tuple[Tensor, list[Episodes]]:
+    """The MAML paper's test: adapt ``policy`` to each task and record the returns after 0..num_steps steps.
 
-    Step k uses step size ``inner_lr * step_scales[k]`` (the paper: alpha, then alpha/2), and
-    fresh episodes are sampled after every step; ``mask`` limits which tensors adapt (Lambda
-    patterns). ``inner_lr`` may also be a step-size object (e.g.
-    Alpha MAML's learned per-layer alphas), whose values are scaled the same way.
-
-    Each step samples ``episodes_per_task`` episodes per task, or, with ``steps_per_task``, as
-    many as hold that many env steps (:func:`sample_step_budget`; the MAML paper's test script
-    sampled 4000 env steps per step, more episodes once adapted episodes end early).
+    Step k adapts with ``inner``'s step size for step k and its mask (build it with
+    :func:`evaluation_inner`); fresh episodes are sampled after every step:
+    ``episodes_per_task`` per task, or, with ``steps_per_task``, as many as hold that many env
+    steps (the MAML paper's test script sampled 4000 env steps per step).
 
     Returns:
         Mean undiscounted return per task (over its episodes) after 0..num_steps steps,
         ``[num_steps + 1, M]``, and the episodes of every step.
     """
-    if steps_per_task is not None and steps_per_task < 1:
-        raise ValueError(f"steps_per_task must be >= 1 (or None for a fixed episode count), got {steps_per_task}")
-    if isinstance(inner_lr, (int, float)):
-        step_size: StepSize = ConstantStepSize(float(inner_lr), step_scales)
-    else:
-        base = inner_lr
-
-        def step_size(step: int, name: str) -> Tensor:
-            # The object's first-step value (its own per-step schedule, if any, is replaced by step_scales).
-            return torch.as_tensor(base(0, name)).detach() * step_scale(step_scales, step)
-
-    meta = MAMLTRPO(policy, InnerLoop(step_size, first_order=True, mask=mask), TRPOSettings())
-    M = len(next(iter(tasks.values())))
-    params = {k: v.detach() for k, v in meta.params().items()}
-    returns, all_episodes = [], []
-    device = next(policy.parameters()).device
-    for s in range(num_steps + 1):
-        generator = torch_generator(seed, "eval-actions", s, device=device)
-        if steps_per_task is None:
-            seeds = episode_seeds(seed, "eval", s, num_tasks=M, episodes_per_task=episodes_per_task)
-            episodes = sample_episodes(env, meta.batched, params, tasks, episodes_per_task, seeds, generator)
-        else:
-            episodes = sample_step_budget(env, meta.batched, params, tasks, episodes_per_task, steps_per_task,
-                                          seed, ("eval", s), generator)
-        returns.append(episodes.task_returns())
-        all_episodes.append(episodes)
-        if s < num_steps:
-            episodes.compute_advantages(baseline, gamma, gae_lambda)
-            leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-            params = {k: v.detach() for k, v in meta.adapt_step(leaves, episodes, s, create_graph=False).items()}
-    return torch.stack(returns), all_episodes
+    adaptation = adapt_to_tasks(policy, env, tasks, inner, num_steps, episodes_per_task, baseline, gamma,
+                                gae_lambda, seed, steps_per_task, objective)
+    return adaptation.returns(), adaptation.episodes

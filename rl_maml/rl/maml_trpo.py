@@ -19,6 +19,7 @@ from torch import Tensor
 from rl_maml.aliases import Params
 from rl_maml.functional import TaskBatchedModel, expand_params, params_of
 from rl_maml.inner import InnerLoop
+from rl_maml.rl.adaptation import check_per_task, masked_task_mean, policy_gradient_loss
 from rl_maml.rl.episodes import Episodes
 from rl_maml.rl.policy import GaussianMLPPolicy, kl_divergence, log_prob
 from rl_maml.rl.trpo import conjugate_gradient, flat, line_search
@@ -67,9 +68,7 @@ class TRPOSettings:
             raise ValueError(f"inner_objective must be 'reinforce' or 'lvc', got {self.inner_objective!r}")
 
 
-def _masked_task_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """``x, mask [M, K]`` -> per-task mean over unmasked entries ``[M]``."""
-    return (x * mask).sum(1) / mask.sum(1).clamp(min=1)
+_masked_task_mean = masked_task_mean
 
 
 class MAMLTRPO:
@@ -92,32 +91,34 @@ class MAMLTRPO:
 
     # -- inner loop ---------------------------------------------------------------------------
     def inner_loss(self, params: Params, episodes: Episodes) -> Tensor:
-        """Policy-gradient loss per task ``[M]`` over each task's steps (``TRPOSettings.inner_objective``).
-
-        ``reinforce``: ``-mean(log pi(a|s) * A)``. ``lvc``: ``-mean(exp(log pi - stop_grad(log pi)) * A)``,
-        whose value is ``-mean(A)`` and whose gradient is REINFORCE's; only its second derivatives differ.
-        """
-        mean, log_std = self.batched(params, episodes.per_task(episodes.obs))  # [M, T*B, act_dim]
-        logp = log_prob(mean, log_std, episodes.per_task(episodes.actions))  # [M, T*B]
-        adv = episodes.per_task(episodes.advantages)
-        weight = torch.exp(logp - logp.detach()) if self.trpo.inner_objective == "lvc" else logp
-        return -_masked_task_mean(weight * adv, episodes.per_task(episodes.mask))
+        """Policy-gradient loss per task ``[M]`` (``TRPOSettings.inner_objective``; see
+        :func:`~rl_maml.rl.adaptation.policy_gradient_loss`)."""
+        return policy_gradient_loss(self.batched, params, episodes, self.trpo.inner_objective)
 
     def adapt_step(self, params: Params, episodes: Episodes, step: int, inner: InnerLoop | None = None,
                    create_graph: bool | None = None) -> Params:
-        """One inner step from ``params`` (shared or ``[M, ...]``) on ``episodes``."""
+        """One inner step from per-task ``params`` ``[M, ...]`` on ``episodes``."""
         inner = inner or self.inner
-        if next(iter(params.values())).dim() == next(iter(self.policy.parameters())).dim():
-            params = expand_params(params, episodes.num_tasks)
+        check_per_task(self.batched, params, episodes.num_tasks)
         return inner.step(params, self.inner_loss(params, episodes), step, create_graph=create_graph)
+
+    def initial_params(self, num_tasks: int) -> Params:
+        """The current (shared) parameters expanded to ``[M, ...]``, a view that carries the gradient."""
+        return expand_params(self.params(), num_tasks)
 
     def adapt(self, train: list[Episodes], create_graph: bool | None = None) -> Params:
         """Adapted parameters ``[M, ...]`` after one step per list entry, from the current policy."""
         return self.adapt_all(train, create_graph)[-1]
 
-    def adapt_all(self, train: list[Episodes], create_graph: bool | None = None) -> list[Params]:
-        """The parameters after 0, 1, ..., len(train) steps (the first entry is the shared initial one)."""
-        states = [self.params()]
+    def adapt_all(self, train: list[Episodes], create_graph: bool | None = None,
+                  num_tasks: int | None = None) -> list[Params]:
+        """The per-task parameters after 0, 1, ..., len(train) steps on the given episodes (the
+        first entry is the current one, expanded); ``num_tasks`` is needed only without episodes."""
+        if num_tasks is None:
+            if not train:
+                raise ValueError("adapt_all without episodes needs num_tasks")
+            num_tasks = train[0].num_tasks
+        states = [self.initial_params(num_tasks)]
         for s, episodes in enumerate(train):
             states.append(self.adapt_step(states[-1], episodes, s, create_graph=create_graph))
         return states
@@ -196,12 +197,13 @@ class MAMLTRPO:
         M = valid.num_tasks
         scored = self.scored_steps(len(train))
         if states is None:
-            states = self.adapt_all(train, create_graph=False)
+            states = self.adapt_all(train, create_graph=False, num_tasks=M)
         if len(states) != len(train) + 1:
             raise ValueError(f"states must hold the parameters after 0..{len(train)} steps, got {len(states)} entries")
-        # Fresh leaves [M, ...] at the parameters after 0..S steps (the initial ones expanded).
-        states = [{n: (expand_params({n: v}, M)[n] if k == 0 else v).detach().clone().requires_grad_(True)
-                   for n, v in st.items()} for k, st in enumerate(states)]
+        # Fresh leaves [M, ...] at the per-task parameters after 0..S steps.
+        for st in states:
+            check_per_task(self.batched, st, M, "states")
+        states = [{n: v.detach().clone().requires_grad_(True) for n, v in st.items()} for st in states]
         steps = []  # (leaves before the step, gradients g_s, adapted names, step index)
         for s, episodes in enumerate(train):
             leaf = states[s]
@@ -268,7 +270,7 @@ class MAMLTRPO:
         """
         params = list(self.policy.parameters())
         if adapted is None:
-            adapted = self.adapt_all(train)
+            adapted = self.adapt_all(train, num_tasks=valid.num_tasks)
         if len(adapted) != len(train) + 1:
             raise ValueError(f"adapted must hold the parameters after 0..{len(train)} steps, got {len(adapted)} entries")
         loss, _, old = self.meta_objective(adapted, train, valid)
@@ -297,7 +299,8 @@ class MAMLTRPO:
         full_step = step_dir / torch.sqrt(shs / self.trpo.max_kl)
 
         def evaluate() -> tuple[float, float]:
-            new_loss, new_kl, _ = self.meta_objective(self.adapt_all(train, create_graph=False), train, valid, old)
+            states = self.adapt_all(train, create_graph=False, num_tasks=valid.num_tasks)
+            new_loss, new_kl, _ = self.meta_objective(states, train, valid, old)
             return new_loss.item(), new_kl.item()
 
         accepted, steps, new_loss, new_kl = line_search(

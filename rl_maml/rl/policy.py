@@ -46,6 +46,7 @@ class GaussianMLPPolicy(nn.Module):
         if init not in ("torch", "xavier"):
             raise ValueError(f"init must be 'torch' or 'xavier', got {init!r}")
         self.obs_dim, self.act_dim = obs_dim, act_dim
+        self.hidden_sizes, self.activation = tuple(hidden_sizes), activation
         self.mean = MLP(obs_dim, act_dim, hidden_sizes, activation)
         if init == "xavier":
             with torch.no_grad():
