@@ -3,6 +3,7 @@
     rl-maml train CONFIG --run-dir DIR [--resume] [key=value ...]
     rl-maml eval DIR [--checkpoint PATH] [eval.key=value ...]
     rl-maml presets
+    rl-maml config CONFIG [key=value ...]
     rl-maml curves DIR --out OUT
     rl-maml export DIR --out OUT [--command TEXT]
     rl-maml download omniglot --root DIR
@@ -86,8 +87,11 @@ def start_run(cfg, run_dir: Path, resume: bool):
             f"{run_dir} already holds a run{f' (checkpoint at iteration {ckpts[-1][0]})' if ckpts else ''}; "
             "pass --resume to continue it, or choose another --run-dir"
         )
+    from rl_maml.provenance import provenance_comment
+
     run_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, stored)
+    device = getattr(getattr(cfg, "train", None), "device", None)
+    dump_yaml(cfg, stored, header=provenance_comment(device))
     return module
 
 
@@ -174,6 +178,17 @@ def cmd_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the resolved config of a preset or YAML file (with overrides), each key with its
+    docstring as a comment; the output is a YAML file ``rl-maml train`` accepts."""
+    from rl_maml.config import describe_config
+
+    _, cfg = build_config(apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides))
+    print(f"# {args.config}{' ' + ' '.join(args.overrides) if args.overrides else ''}, resolved")
+    print("\n".join(describe_config(cfg)))
+    return 0
+
+
 def cmd_presets(args: argparse.Namespace) -> int:
     for name, path in presets().items():
         print(f"{name:24s} {path}")
@@ -183,7 +198,9 @@ def cmd_presets(args: argparse.Namespace) -> int:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="rl-maml", description="Model-Agnostic Meta-Learning, batched over tasks.")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="meta-train from a config")
+    preset_list = ", ".join(presets())
+    t = sub.add_parser("train", help="meta-train from a config",
+                       epilog=f"presets: {preset_list}. 'rl-maml config PRESET' prints one with every key explained.")
     t.add_argument("config", nargs="?", help="YAML file or preset name (optional with --resume)")
     t.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.num_iterations=500")
     t.add_argument("--run-dir", required=True, help="folder for config, checkpoints and logs")
@@ -195,6 +212,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.num_tasks=100")
     e.add_argument("--checkpoint", help="checkpoint file (default: the newest in RUN_DIR/checkpoints)")
     e.set_defaults(func=cmd_eval)
+    g = sub.add_parser("config", help="print a preset's resolved config, every key with its docstring")
+    g.add_argument("config", help="YAML file or preset name")
+    g.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. train.num_iterations=500")
+    g.set_defaults(func=cmd_config)
     s = sub.add_parser("presets", help="list the shipped config presets")
     s.set_defaults(func=cmd_presets)
     c = sub.add_parser("curves", help="a meta-RL run's learning curves from its TensorBoard events (CSV and plot)")
@@ -235,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FloatingPointError, DatasetError) as e:
         print(f"rl-maml: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `rl-maml presets | head`: the reader has what it wanted
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
 
 
 if __name__ == "__main__":

@@ -392,7 +392,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         "num_test_tasks": e.num_tasks, "episodes_per_task": e.fast_batch_size, "batch_steps": e.batch_steps,
         "mean_episodes_per_task": episode_counts, "inner_lr": cfg.inner.inner_lr,
         "step_sizes": step_sizes_text(eval_scales), "step_scales": eval_scales, "test_seed": e.seed,
-        "test_tasks": e.test_tasks, "checkpoint_iteration": iteration,
+        "test_tasks": e.test_tasks, "checkpoint_iteration": iteration, "device": str(device),
         "steps": steps, "methods": methods,
     }
     if draws is not None:

@@ -24,6 +24,9 @@ def markdown_table(methods: Mapping[str, Mapping[str, Sequence[float]]], steps: 
 
 
 def write_results(folder: Path, results: Mapping[str, Any], markdown: str) -> None:
+    from rl_maml.provenance import provenance
+
     folder.mkdir(parents=True, exist_ok=True)
+    results = {**results, "provenance": results.get("provenance") or provenance(results.get("device"))}
     atomic_write_bytes(folder / "results.json", (json.dumps(results, indent=2) + "\n").encode())
     atomic_write_bytes(folder / "results.md", markdown.encode())

@@ -207,12 +207,12 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def dump_yaml(obj: Any, path: str | Path) -> None:
-    """Write a dataclass tree (or plain data) as YAML, atomically."""
+def dump_yaml(obj: Any, path: str | Path, header: str = "") -> None:
+    """Write a dataclass tree (or plain data) as YAML, atomically; ``header``: comment lines on top."""
     from rl_maml.checkpoint import atomic_write_bytes
 
     text = yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
-    atomic_write_bytes(Path(path), text.encode())
+    atomic_write_bytes(Path(path), (header + text).encode())
 
 
 # --- Configuration sections shared by several benchmarks -------------------------------------
@@ -306,3 +306,55 @@ class VariantConfig:
             v = getattr(self, key)
             if not (v >= 0 and v < float("inf")):
                 raise ConfigError(f"variant.{key} must be a finite number >= 0, got {v}")
+
+
+# --- Documentation of the fields -----------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings of a config dataclass (the string literal under each field), by
+    field name; fields without one are absent."""
+    import ast
+    import inspect
+    import textwrap
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):  # no source (e.g. built interactively)
+            continue
+        body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+        for node, after in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                    and isinstance(after.value.value, str)):
+                docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def describe_config(obj: Any, prefix: str = "") -> list[str]:
+    """The resolved config as ``key: value`` lines, each followed by its docstring as a comment
+    (YAML: the output loads back as the same config)."""
+    import textwrap
+
+    lines: list[str] = []
+    docs = field_docs(type(obj))
+    indent = "  " * prefix.count(".")
+    for f in dataclasses.fields(obj):
+        if not f.init:
+            continue
+        value = getattr(obj, f.name)
+        doc = docs.get(f.name)
+        if doc:
+            lines += [f"{indent}# {line}" for line in textwrap.wrap(doc, 96 - len(indent))]
+        if dataclasses.is_dataclass(value):
+            lines.append(f"{indent}{f.name}:")
+            lines += describe_config(value, f"{prefix}{f.name}.")
+        else:
+            text = yaml.safe_dump(to_dict(value), default_flow_style=True, width=10_000).strip()
+            text = text.removesuffix("\n...").removesuffix("...").strip()
+            lines.append(f"{indent}{f.name}: {text}")
+    return lines

@@ -1,7 +1,9 @@
 """Run logging: TensorBoard event files, with fixed metric namespaces.
 
 Namespaces follow CleanRL's habit: ``losses/...``, ``charts/...`` (step sizes, returns),
-``time/...`` (seconds and milliseconds). The console shows a progress bar (see
+``time/...`` (seconds, always). Meta-RL runs also log their returns against the cumulative env
+steps (``env_steps/...``, the env steps as TensorBoard's step axis); the run's config is logged as
+hyperparameters (the HPARAMS tab) and as text. The console shows a progress bar (see
 :mod:`rl_maml.training`); everything numeric also goes here.
 """
 
@@ -34,6 +36,27 @@ class RunLogger:
             value = float(value)
             if math.isfinite(value):
                 self.writer.add_scalar(key, value, step)
+
+    def log_config(self, path: Path) -> None:
+        """The run's config.yaml as hyperparameters (flattened dotted keys) and as text."""
+        import yaml
+        from torch.utils.tensorboard.summary import hparams
+
+        text = Path(path).read_text()
+        flat: dict[str, object] = {}
+
+        def walk(node, prefix=""):
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    walk(value, f"{prefix}{key}.")
+                else:
+                    flat[f"{prefix}{key}"] = value if isinstance(value, (bool, int, float, str)) else str(value)
+
+        walk(yaml.safe_load(text) or {})
+        exp, ssi, sei = hparams(flat, {})
+        for summary in (exp, ssi, sei):
+            self.writer.file_writer.add_summary(summary)
+        self.writer.add_text("config", "```yaml\n" + text + "\n```", 0)
 
     def flush(self) -> None:
         self.writer.flush()

@@ -169,18 +169,20 @@ class Trainer:
             dynamic_ncols=True, mininterval=1.0,
         )
         with RunLogger(self.run_dir / "tb", purge_step=start_iteration + 1 if start_iteration else None) as logger:
+            if start_iteration == 0 and (self.run_dir / "config.yaml").is_file():
+                logger.log_config(self.run_dir / "config.yaml")
             for iteration in range(start_iteration + 1, self.num_iterations + 1):
                 t0 = time.perf_counter()
                 batch = self.sample_batch(iteration)
-                window["time/sample_ms"] += 1e3 * (time.perf_counter() - t0)
+                window["time/sample_s"] += time.perf_counter() - t0
                 for name, learner in self.learners.items():
                     t1 = time.perf_counter()
                     for key, value in learner.train_step(batch).items():
                         window[f"{name}/{key}"] += value
                         if key == "charts/env_steps":
                             self.totals["env_steps"] += value
-                    window[f"time/{name}_step_ms"] += 1e3 * (time.perf_counter() - t1)
-                window["time/iteration_ms"] += 1e3 * (time.perf_counter() - t0)
+                    window[f"time/{name}_step_s"] += time.perf_counter() - t1
+                window["time/iteration_s"] += time.perf_counter() - t0
                 self.totals["wall_clock_s"] += time.perf_counter() - t0
                 count += 1
                 if iteration % self.log_every == 0 or iteration == self.num_iterations:
@@ -188,6 +190,9 @@ class Trainer:
                     last["charts/total_env_steps"] = self.totals["env_steps"]
                     last["time/total_wall_clock_s"] = self.totals["wall_clock_s"]
                     logger.log(iteration, last)
+                    if self.totals["env_steps"] > 0:  # the same returns against cumulative env steps
+                        logger.log(int(self.totals["env_steps"]), {
+                            f"env_steps/{k}": v for k, v in last.items() if "/charts/return" in k})
                     shown = {k.split("/", 1)[0] + ":" + k.rsplit("/", 1)[-1]: f"{v:.3g}"
                              for k, v in last.items() if any(p in k for p in self.progress_keys)}
                     bar.set_postfix(shown, refresh=False)

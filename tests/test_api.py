@@ -118,6 +118,21 @@ def test_users_env_trains_from_the_cli_and_from_python_alike_and_the_adapted_pol
     assert main(["eval", str(tmp_path / "cli")]) == 0
     results = json.loads((tmp_path / "cli" / "eval" / "results.json").read_text())
     assert results["env"] == ENV_ID and len(results["methods"]["maml"]["mean"]) == 3  # after 0, 1, 2 steps
+    assert results["provenance"]["packages"]["torch"] == torch.__version__.split("+")[0] or \
+        results["provenance"]["packages"]["torch"].startswith(torch.__version__.split("+")[0])
+    assert results["device"] == "cpu"
+    assert (tmp_path / "cli" / "config.yaml").read_text().startswith("# written by rl_maml ")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(tmp_path / "cli" / "tb"))
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    # returns after every inner step, in seconds, and against the cumulative env steps
+    assert {"maml/charts/return_after_0_steps", "maml/charts/return_after_1_steps", "time/iteration_s",
+            "env_steps/maml/charts/return_post"} <= scalars
+    steps = [e.step for e in events.Scalars("env_steps/maml/charts/return_post")]
+    assert steps == sorted(steps) and 0 < steps[0] <= 3 * 4 * 10 * 2  # 3 tasks x 4 episodes x <= 10 steps, twice
+    assert "config" in "".join(events.Tags()["tensors"])  # the config as text
 
     meta = rl_maml.meta_train(rl_maml.load_config(config), tmp_path / "py", progress=False)
     assert isinstance(meta, rl_maml.MetaPolicy) and meta.iteration == 2

@@ -53,8 +53,8 @@ def test_train_and_eval_through_the_console_script(tmp_path):
     assert (run / "eval" / "results.md").read_text().count("\n| ") == 4
     assert (run / "eval" / "adaptation.png").stat().st_size > 10_000
     tags = tags_in(run / "tb")
-    assert {"maml/losses/query_post", "maml/losses/support_pre", "pretrained/losses/train", "time/iteration_ms",
-            "time/maml_step_ms", "maml/charts/inner_lr/layers.0.weight"} <= tags
+    assert {"maml/losses/query_post", "maml/losses/support_pre", "pretrained/losses/train", "time/iteration_s",
+            "time/maml_step_s", "maml/charts/inner_lr/layers.0.weight"} <= tags
 
 
 def test_cli_errors_name_the_problem(tmp_path, capsys):
