@@ -418,7 +418,8 @@ _CHEETAH_DOC = """
       action, as rllab's did. Since 2026-12-01 ``maml`` is the reference code's task (module
       docstring): Gaussian reset noise N(0, 0.01) / N(0, 0.1), the state read after a forward
       pass, the centre of mass as the last three observation entries and its velocity in the
-      reward. ``maml`` returns from before either date are not comparable.
+      reward. ``maml`` returns from before either date are not comparable. Since 2026-12-02 the
+      spec sets ``max_episode_steps=200`` (the longest default horizon; dynamics unchanged).
 """
 
 _ANT_DOC = """
@@ -455,7 +456,8 @@ _ANT_DOC = """
       docstring): its time step 0.02 (was Gymnasium's 0.05) and contact parameters, its
       ``init_qpos`` with Gaussian noise, the state read after a forward pass, the 125-dim
       observation, and the centre of mass's velocity (AntGoal: position) in the reward. ``maml``
-      returns from before either date are not comparable.
+      returns from before either date are not comparable. Since 2026-12-02 the spec sets
+      ``max_episode_steps=200`` (the longest default horizon; dynamics unchanged).
 """
 
 _ANT_COSTS = ("``ctrl = 0.005 * sum(action^2)``, ``contact = 0.0005 * sum(clip(cfrc_ext, -1, 1)^2)``, "

@@ -86,20 +86,28 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
     ``task`` (initial task; default: a fixed sample), ``horizon`` (100), ``max_action`` (0.1),
     ``goal_radius`` (0.01), ``goal_region`` (``"square"`` or ``"disc"``, see Episode End),
     ``convention`` (``"gym"`` or ``"maml"``, see Action Space), ``action_scale`` (override the
-    convention's).
+    convention's), ``render_mode`` (``None`` or ``"rgb_array"``).
 
     ## Version History
 
     * v0: initial version; since 2026-11-22 episodes end in the square by default (the disc
-      before; ``goal_region="disc"`` restores it).
+      before; ``goal_region="disc"`` restores it). Since 2026-12-02 the spec sets
+      ``max_episode_steps=100`` (the default horizon) and ``render_mode="rgb_array"`` draws the
+      episode; the dynamics are unchanged.
     """
 
-    metadata = {"render_modes": []}
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 10}
     TASKS = NAVIGATION_TASKS
+    RENDER_SIZE = 256
+    RENDER_EXTENT = 0.6  # the image shows [-0.6, 0.6]^2: every goal and the start
 
     def __init__(self, task: Mapping | None = None, horizon: int = 100, max_action: float = 0.1,
                  goal_radius: float = 0.01, convention: str = "gym", action_scale: float | None = None,
-                 goal_region: str = "square"):
+                 goal_region: str = "square", render_mode: str | None = None):
+        if render_mode not in (None, "rgb_array"):
+            raise ValueError(f"render_mode must be None or 'rgb_array', got {render_mode!r}")
+        self.render_mode = render_mode
+        self._trail: list[np.ndarray] = []
         self.convention = convention
         self.horizon = horizon
         self.max_action = max_action
@@ -119,12 +127,14 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
         self._apply_reset_options(options)
         self._position = np.zeros(2, np.float32)
         self._steps = 0
+        self._trail = [self._position.copy()]
         return self._position.copy(), {"task": self.get_task()}
 
     def step(self, action):
         move = np.clip(np.float32(self.action_scale) * check_action(action, (2,)).astype(np.float32),
                        -self.max_action, self.max_action).astype(np.float32)
         self._position = self._position + move
+        self._trail.append(self._position.copy())
         offset = self._position - self._task["goal"].astype(np.float32)
         distance = np.float32(np.sqrt(np.sum(np.square(offset))))
         self._steps += 1
@@ -132,6 +142,30 @@ class Navigation2DEnv(TaskEnvMixin, gymnasium.Env):
         terminated = bool(reach < self.goal_radius)
         truncated = not terminated and self._steps >= self.horizon
         return self._position.copy(), -float(distance), terminated, truncated, {"distance": float(distance)}
+
+
+    def render(self) -> np.ndarray | None:
+        """``render_mode="rgb_array"``: the episode so far as an image ``[256, 256, 3]`` (uint8) of
+        the square ``[-0.6, 0.6]^2``: the path in blue, the current position black, the goal red."""
+        if self.render_mode != "rgb_array":
+            return None
+        n, extent = self.RENDER_SIZE, self.RENDER_EXTENT
+        image = np.full((n, n, 3), 255, np.uint8)
+
+        def pixel(xy: np.ndarray) -> tuple[int, int]:
+            col, row = np.clip(((np.asarray(xy) + extent) / (2 * extent) * (n - 1)).round().astype(int), 0, n - 1)
+            return n - 1 - row, col  # y points up
+
+        def dot(xy: np.ndarray, color: tuple[int, int, int], radius: int) -> None:
+            r, c = pixel(xy)
+            image[max(r - radius, 0):r + radius + 1, max(c - radius, 0):c + radius + 1] = color
+
+        for a, b in zip(self._trail, self._trail[1:]):  # the path, sampled along each move
+            for w in np.linspace(0.0, 1.0, 8):
+                dot((1 - w) * a + w * b, (40, 90, 220), 0)
+        dot(self._task["goal"], (220, 30, 30), 3)
+        dot(self._position, (0, 0, 0), 2)
+        return image
 
 
 class BatchedNavigation2D:

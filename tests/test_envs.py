@@ -319,3 +319,26 @@ def test_sb3_ppo_learns_fixed_goal_navigation():
     model.learn(total_timesteps=4000)
     after, _ = evaluate_policy(model, env_fn(), n_eval_episodes=3, deterministic=True)
     assert after > before + 5.0, (before, after)  # measured: -15.0 -> -2.6
+
+
+def test_registered_specs_carry_max_episode_steps_and_navigation_renders():
+    import gymnasium
+
+    from rl_maml.envs.registration import ENV_IDS
+
+    assert gymnasium.spec(ENV_IDS["Navigation2D"]).max_episode_steps == 100
+    assert gymnasium.spec(ENV_IDS["AntVel"]).max_episode_steps == 200
+    env = gymnasium.make(ENV_IDS["Navigation2D"], render_mode="rgb_array")
+    env.reset(seed=0, options={"task": {"goal": [0.4, 0.4]}})
+    first = env.render()
+    for _ in range(5):
+        env.step(np.array([0.1, 0.1], np.float32))
+    image = env.render()
+    assert image.shape == (256, 256, 3) and image.dtype == np.uint8
+    drawn = (image != 255).any(axis=2)
+    assert drawn.sum() > (first != 255).any(axis=2).sum()  # the path grew
+    assert tuple(image[int(255 - (0.4 + 0.6) / 1.2 * 255 + 0.5), int((0.4 + 0.6) / 1.2 * 255 + 0.5)]) == (220, 30, 30)
+    from rl_maml.envs.navigation import Navigation2DEnv
+
+    with pytest.raises(ValueError, match="render_mode"):
+        Navigation2DEnv(render_mode="human")
