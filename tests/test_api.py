@@ -246,3 +246,20 @@ def test_a_module_named_in_env_id_registers_the_env_for_the_command_line(tmp_pat
     ev = subprocess.run([script, "eval", str(run)], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert ev.returncode == 0, ev.stderr
     assert "| oracle (PPO, task observed) |" in ev.stdout and "| pretrained (PPO, adapted) |" in ev.stdout
+
+
+def test_async_vectorization_gives_the_sync_episodes():
+    tasks = {"goal": np.array([0.3, -0.4, 0.8])}
+    actions = torch.linspace(-1, 1, 3).view(3, 1)
+    out = []
+    for vectorization in ("sync", "async"):
+        env = rl_maml.VectorTaskEnv(ENV_ID, 3, vectorization=vectorization)
+        obs = [env.reset(tasks, [1, 2, 3])]
+        rewards = []
+        for _ in range(4):
+            o, r, _, _ = env.step(actions)
+            obs.append(o)
+            rewards.append(r)
+        env.close()
+        out.append((torch.stack(obs), torch.stack(rewards)))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
