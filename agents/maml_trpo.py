@@ -6,6 +6,7 @@ Composition only; the math lives in :mod:`rl_maml.rl`.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import torch
@@ -18,6 +19,7 @@ from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes, sample
 from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
 from rl_maml.seeding import numpy_generator, torch_generator
+from rl_maml.training import TrainingError
 
 
 class MAMLTRPOAgent:
@@ -110,6 +112,7 @@ class MAMLTRPOAgent:
         finally:
             torch.set_num_threads(sampling_threads)
         t3 = time.perf_counter()
+        self._watch_line_search(iteration, logs)
         steps = sum(e.env_steps() for e in train) + valid.env_steps()
         logs.update({
             "charts/return_pre": train[0].mean_return() if train else float("nan"),
@@ -123,6 +126,24 @@ class MAMLTRPOAgent:
             "time/meta_step_s": t3 - t2,
         })
         return logs
+
+    WARN_REJECTED = 5
+
+    def _watch_line_search(self, iteration: int, logs: dict[str, float]) -> None:
+        """Count meta-steps in a row whose line search kept no step; warn, then stop (trpo.max_rejected_steps)."""
+        streak = 0 if logs.get("charts/ls_accepted", 1.0) else getattr(self, "_rejected", 0) + 1
+        self._rejected = streak
+        logs["charts/rejected_in_a_row"] = float(streak)
+        advice = ("trpo.max_kl is too large for the KL estimate (every candidate step overshoots) or the surrogate "
+                  "cannot improve: lower trpo.max_kl (the paper: 0.01), or check inner.inner_lr")
+        limit = self.meta.trpo.max_rejected_steps
+        if streak == self.WARN_REJECTED and (not limit or limit > streak):
+            print(f"MAML-TRPO, iteration {iteration}: the line search rejected every step {streak} times in a row; "
+                  f"{advice}", file=sys.stderr, flush=True)
+        if limit and streak >= limit:
+            raise TrainingError(f"MAML-TRPO, iteration {iteration}: the line search rejected every step "
+                                f"{streak} times in a row (trpo.max_rejected_steps={limit}); the policy is not "
+                                f"changing. {advice}. Earlier checkpoints are intact.")
 
     def state_dict(self) -> dict:
         return {"policy": self.policy.state_dict()}

@@ -68,7 +68,8 @@ class SupervisedLearner:
         raise NotImplementedError
 
     # -- shared verbs -------------------------------------------------------------------------
-    nonfinite_hint = "Lower train.outer_lr or inner.inner_lr, or resume from an earlier checkpoint."
+    nonfinite_hint = ("Lower train.outer_lr or inner.inner_lr and start a new run (the run is deterministic: "
+                      "resuming it repeats the same computation).")
 
     def checked_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """:meth:`loss` in training mode; raises ``FloatingPointError`` (naming the fix) if it is not finite."""

@@ -38,6 +38,9 @@ class TaskField:
 
     def check(self, value: object, batched: bool) -> np.ndarray:
         """The value as a float64 array, or ``ValueError`` naming this field."""
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, np.ndarray) and value.dtype == np.bool_) or (
+                isinstance(value, (list, tuple)) and any(isinstance(v, (bool, np.bool_)) for v in value)):
+            raise ValueError(f"task field {self.name!r} must be numeric, got {value!r} (a boolean)")
         try:
             arr = np.asarray(value, dtype=np.float64)
         except (TypeError, ValueError):

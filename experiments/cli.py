@@ -20,6 +20,8 @@ from pathlib import Path
 
 from rl_maml.checkpoint import CheckpointError, latest_checkpoint, list_checkpoints
 from rl_maml.config import ConfigError, apply_overrides, dump_yaml, from_dict, load_yaml, to_dict
+from rl_maml.runlock import RunLockedError
+from rl_maml.training import TrainingError, TrainingInterrupted
 from rl_maml.tasks.fewshot import DatasetError
 
 from .registry import benchmark_module
@@ -61,11 +63,20 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def load_run_config(stored: Path):
+    """A run folder's config.yaml as ``(module, config)``; errors name the file."""
+    try:
+        return build_config(load_yaml(stored))
+    except ConfigError as e:
+        raise ConfigError(f"{stored}: {e}" if str(stored) not in str(e) else str(e)) from None
+
+
 def start_run(cfg, run_dir: Path, resume: bool):
     """Check ``run_dir`` against config ``cfg`` and write its config.yaml; returns the benchmark module.
 
     A new run needs a folder without a run; ``resume`` needs the folder's stored config to equal
-    ``cfg`` except in :data:`RESUMABLE_CHANGES`."""
+    ``cfg`` except in :data:`RESUMABLE_CHANGES`, and ``train.num_iterations`` at or past the
+    newest checkpoint's iteration."""
     module = benchmark_module(cfg.benchmark)
     stored = run_dir / "config.yaml"
     ckpts = list_checkpoints(run_dir / "checkpoints")
@@ -74,7 +85,7 @@ def start_run(cfg, run_dir: Path, resume: bool):
             raise ConfigError(f"--resume: {stored} does not exist; start the run without --resume")
         # The stored config is resolved too, so fields added to the code since the run started
         # take their defaults on both sides instead of counting as changes.
-        new_flat, old_flat = _flatten(to_dict(cfg)), _flatten(to_dict(build_config(load_yaml(stored))[1]))
+        new_flat, old_flat = _flatten(to_dict(cfg)), _flatten(to_dict(load_run_config(stored)[1]))
         changed = sorted(k for k in new_flat.keys() | old_flat.keys() if new_flat.get(k) != old_flat.get(k))
         bad = [k for k in changed if k not in RESUMABLE_CHANGES]
         if bad:
@@ -82,6 +93,13 @@ def start_run(cfg, run_dir: Path, resume: bool):
                 f"--resume: the config differs from the run's stored {stored} in {bad}; only "
                 f"{sorted(RESUMABLE_CHANGES)} may change when resuming. Start a new --run-dir instead."
             )
+        if ckpts and cfg.train.num_iterations < ckpts[-1][0]:
+            raise ConfigError(
+                f"--resume: train.num_iterations={cfg.train.num_iterations} is below the newest checkpoint's "
+                f"iteration {ckpts[-1][0]}; give train.num_iterations={ckpts[-1][0]} or more")
+        if not ckpts:
+            print(f"--resume: {run_dir / 'checkpoints'} holds no checkpoint yet; starting from iteration 0",
+                  file=sys.stderr)
     elif ckpts or stored.is_file():
         raise ConfigError(
             f"{run_dir} already holds a run{f' (checkpoint at iteration {ckpts[-1][0]})' if ckpts else ''}; "
@@ -95,22 +113,61 @@ def start_run(cfg, run_dir: Path, resume: bool):
     return module
 
 
+def _check_run_dir(run_dir: Path) -> None:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--run-dir {run_dir} is a file; name a folder (it is created if missing)")
+
+
+def _clean_failed_start(run_dir: Path, before: set[Path], created: bool) -> None:
+    """Remove what a new run that never reached a checkpoint wrote, so that the same command can
+    be run again once the problem is fixed."""
+    import shutil
+
+    from rl_maml.runlock import LOCK_NAME
+
+    for path in set(run_dir.iterdir()) - before:
+        if path.name == LOCK_NAME:
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+    if created:
+        (run_dir / LOCK_NAME).unlink(missing_ok=True)
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    from rl_maml.runlock import RunLock
+
     run_dir = Path(args.run_dir)
+    _check_run_dir(run_dir)
     stored = run_dir / "config.yaml"
     if args.resume:
         if not stored.is_file():
             raise ConfigError(f"--resume: {stored} does not exist; start the run without --resume")
-        raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides) if args.config else \
-            apply_overrides(load_yaml(stored), args.overrides)
+        if args.config:
+            raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides)
+        else:
+            load_run_config(stored)  # a damaged config.yaml is named as such
+            raw = apply_overrides(load_yaml(stored), args.overrides)
     else:
         if args.config is None:
             raise ConfigError("train needs a CONFIG (a YAML file or a preset name) unless --resume is given")
         raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides)
     module, cfg = build_config(raw)
-    start_run(cfg, run_dir, args.resume)
-    print(f"run folder: {run_dir} (config.yaml, checkpoints/, tb/)", file=sys.stderr)
-    module.train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+    created = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir, "train"):
+        before = set(run_dir.iterdir())
+        try:
+            start_run(cfg, run_dir, args.resume)
+            print(f"run folder: {run_dir} (config.yaml, checkpoints/, tb/)", file=sys.stderr)
+            module.train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+        except BaseException:
+            if not args.resume and not list_checkpoints(run_dir / "checkpoints"):
+                _clean_failed_start(run_dir, before, created)
+            raise
     print(f"trained: newest checkpoint {latest_checkpoint(run_dir / 'checkpoints')}", file=sys.stderr)
     return 0
 
@@ -123,11 +180,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     bad = [o for o in args.overrides if not o.startswith("eval.")]
     if bad:
         raise ConfigError(f"eval accepts only eval.* overrides (the run's training config is fixed); got {bad}")
+    load_run_config(stored)  # a damaged config.yaml is named as such
     module, cfg = build_config(apply_overrides(load_yaml(stored), args.overrides))
     checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint: train the run first")
-    module.evaluate(cfg, run_dir, checkpoint)
+    if (run_dir / "eval" / "results.json").is_file() and not args.overwrite:
+        raise ConfigError(f"{run_dir / 'eval'} already holds results; pass --overwrite to replace them "
+                          "(or copy them away first)")
+    from rl_maml.runlock import RunLock
+
+    with RunLock(run_dir, "eval"):
+        module.evaluate(cfg, run_dir, checkpoint)
     print((run_dir / "eval" / "results.md").read_text())
     print(f"written: {run_dir / 'eval'} (results.json, results.md, figures)", file=sys.stderr)
     return 0
@@ -211,6 +275,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.num_tasks=100")
     e.add_argument("--checkpoint", help="checkpoint file (default: the newest in RUN_DIR/checkpoints)")
+    e.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation")
     e.set_defaults(func=cmd_eval)
     g = sub.add_parser("config", help="print a preset's resolved config, every key with its docstring")
     g.add_argument("config", help="YAML file or preset name")
@@ -253,14 +318,25 @@ def main(argv: list[str] | None = None) -> int:
         args.config = None
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, FloatingPointError, DatasetError) as e:
+    except (ConfigError, CheckpointError, FloatingPointError, DatasetError, RunLockedError, TrainingError) as e:
         print(f"rl-maml: error: {e}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as e:
+        print(f"rl-maml: {e}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("rl-maml: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # `rl-maml presets | head`: the reader has what it wanted
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 0
+    except OSError as e:  # read-only folder, full disk, a file where a folder should be, ...
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        print(f"rl-maml: error: {e.strerror or e}{where}. Completed checkpoints are intact; fix this and run "
+              "the command again (with --resume if a checkpoint was written)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -143,6 +143,11 @@ class PolicyConfig:
     biases as in the MAML paper's code (one inner step then moves the policy further: inner step
     sizes are not comparable between the two)."""
 
+    def __post_init__(self) -> None:
+        if self.init_std <= 0 or self.output_init_scale <= 0:
+            raise ConfigError(f"policy.init_std and policy.output_init_scale must be > 0, got {self.init_std} and "
+                              f"{self.output_init_scale}")
+
 
 @dataclass
 class RLTrainConfig:

@@ -81,6 +81,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.num_tasks < 2 or self.max_steps < 0 or self.num_query < 1:
             raise ConfigError("eval.num_tasks must be >= 2, eval.max_steps >= 0, eval.num_query >= 1")
+        if self.finetune_lr < 0:
+            raise ConfigError(f"eval.finetune_lr must be >= 0, got {self.finetune_lr}")
 
 
 @dataclass

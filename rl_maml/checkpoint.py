@@ -66,10 +66,14 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dic
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for truncated or foreign files
+        # torch's own message may suggest weights_only=False, which would run code from the file: never.
+        first = next((line.strip() for line in str(e).splitlines() if line.strip() and "weights_only" not in line
+                      and "WeightsUnpickler" not in line), "")
         raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt and cannot be loaded ({type(e).__name__}: {e}). "
-            "Delete it to resume from the previous checkpoint in the same folder."
-        ) from e
+            f"checkpoint {path} is truncated, corrupt or not a plain-tensor checkpoint and cannot be loaded safely "
+            f"({type(e).__name__}{': ' + first[:200] if first else ''}). Delete it to resume from the previous "
+            "checkpoint in the same folder; do not load it with weights_only=False (that runs code from the file)."
+        ) from None
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {path} is not an rl_maml checkpoint of format {FORMAT_VERSION} "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -28,6 +29,17 @@ _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 class ConfigError(ValueError):
     """A configuration value or key is invalid; the message names the key and what is allowed."""
+
+
+MAX_SEED = 2**63  # seeds feed torch.manual_seed (64-bit) and NumPy's SeedSequence
+
+
+def _check_common(key: str, name: str, value: Any) -> None:
+    """Rules that hold for a field of this name in every config: widths >= 1, ranges ordered."""
+    if name == "hidden_sizes" and any(int(h) < 1 for h in value):
+        raise ConfigError(f"{key}: every hidden width must be >= 1, got {list(value)}")
+    if name.endswith("_range") and isinstance(value, tuple) and len(value) == 2 and value[0] > value[1]:
+        raise ConfigError(f"{key}: expected [low, high] with low <= high, got {list(value)}")
 
 
 def _describe(tp: Any) -> str:
@@ -73,6 +85,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if key.rsplit(".", 1)[-1].endswith("seed") and not 0 <= value < MAX_SEED:
+            raise ConfigError(f"{key}: a seed must be an integer in [0, 2**63), got {value}")
         return value
     if tp is float:
         if isinstance(value, str) and _YAML11_FLOAT.fullmatch(value.strip()):
@@ -80,6 +94,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             return float(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -136,6 +152,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any] | None, path: str = "", base
             kwargs[k] = from_dict(hints[k], v, f"{prefix}{k}", base=f.default_factory())
         else:
             kwargs[k] = _convert(hints[k], v, f"{prefix}{k}")
+            _check_common(f"{prefix}{k}", k, kwargs[k])
     if base is not None:
         kwargs.update({k: getattr(base, k) for k in fields if k not in kwargs})
     try:
@@ -157,6 +174,27 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last silently, so a section written twice would lose the first)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise ConfigError(f"the key {key!r} appears twice in one mapping (lines {seen[key]} and {line}); "
+                                  "keep one")
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys (:class:`ConfigError` naming key and lines)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
     """``["train.seed=3", "inner.first_order=true"]`` -> ``[(["train", "seed"], 3), ...]``.
 
@@ -168,7 +206,9 @@ def parse_overrides(overrides: Sequence[str]) -> list[tuple[list[str], Any]]:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. train.num_iterations=100)")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_load(raw) if raw.strip() else ""
+        except ConfigError as e:
+            raise ConfigError(f"override {item!r}: {e}") from None
         except yaml.YAMLError as e:
             raise ConfigError(f"override {item!r}: the value is not valid YAML ({e})") from e
         parsed.append((key.strip().split("."), value))
@@ -197,7 +237,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
+    except ConfigError as e:
+        raise ConfigError(f"config file {path}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {path} is not valid YAML: {e}") from e
     if data is None:

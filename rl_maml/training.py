@@ -11,6 +11,9 @@ the run, and atomic checkpoints are written.
 from __future__ import annotations
 
 import json
+import signal
+import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -80,6 +83,14 @@ def _curve_iteration(line: str) -> float:
         return int(json.loads(line)["iteration"])
     except (ValueError, KeyError, TypeError):
         return float("inf")
+
+
+class TrainingError(RuntimeError):
+    """Training cannot make progress (e.g. every TRPO step rejected); the message names the setting."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Ctrl-C or SIGTERM stopped training; the message says what was saved and how to resume."""
 
 
 class Trainer:
@@ -160,7 +171,12 @@ class Trainer:
         return path
 
     def run(self, start_iteration: int = 0) -> dict[str, float]:
-        """Train from ``start_iteration`` to ``num_iterations``; returns the last logged metrics."""
+        """Train from ``start_iteration`` to ``num_iterations``; returns the last logged metrics.
+
+        Ctrl-C or SIGTERM (in the main thread) stops training cleanly at the end of the running
+        iteration: that iteration is checkpointed and :class:`TrainingInterrupted` says how to
+        resume. A second Ctrl-C stops at once (the newest checkpoint is then the last one written).
+        """
         window: dict[str, float] = defaultdict(float)
         count = 0
         last: dict[str, float] = {}
@@ -168,7 +184,10 @@ class Trainer:
             total=self.num_iterations, initial=start_iteration, desc="meta-train", disable=not self.progress,
             dynamic_ncols=True, mininterval=1.0,
         )
-        with RunLogger(self.run_dir / "tb", purge_step=start_iteration + 1 if start_iteration else None) as logger:
+        stop = _StopRequest()
+        saved = start_iteration
+        with RunLogger(self.run_dir / "tb", purge_step=start_iteration + 1 if start_iteration else None) as logger, \
+                stop:
             if start_iteration == 0 and (self.run_dir / "config.yaml").is_file():
                 logger.log_config(self.run_dir / "config.yaml")
             for iteration in range(start_iteration + 1, self.num_iterations + 1):
@@ -202,11 +221,44 @@ class Trainer:
                         iteration % self.validate_every == 0 or iteration == self.num_iterations):
                     shown = {k.rsplit("/", 1)[-1]: f"{v:.3g}" for k, v in self._validate(iteration, logger).items()}
                     bar.write(f"iteration {iteration}: validation {shown}")
-                if iteration % self.checkpoint_every == 0 or iteration == self.num_iterations:
+                if iteration % self.checkpoint_every == 0 or iteration == self.num_iterations or stop.requested:
                     self.save(iteration)
+                    saved = iteration
                     logger.flush()
                 bar.update(1)
+                if stop.requested and iteration < self.num_iterations:
+                    bar.close()
+                    raise TrainingInterrupted(
+                        f"interrupted by {stop.requested} after iteration {saved} (checkpointed); continue with: "
+                        f"rl-maml train --run-dir {self.run_dir} --resume")
         bar.close()
         if start_iteration >= self.num_iterations and latest_checkpoint(self.ckpt_dir) is None:
             self.save(start_iteration)
         return last
+
+
+class _StopRequest:
+    """While active (main thread only), the first SIGINT or SIGTERM only records a request to stop
+    after the running iteration; a second SIGINT raises KeyboardInterrupt as usual."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._old: dict[int, object] = {}
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = signal.Signals(signum).name
+        print(f"\n{self.requested}: stopping after this iteration (Ctrl-C again to stop now)", file=sys.stderr,
+              flush=True)
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        self._old.clear()

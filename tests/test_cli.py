@@ -80,7 +80,7 @@ def test_cli_errors_name_the_problem(tmp_path, capsys):
     assert "is not a run folder" in capsys.readouterr().err
     (run / "checkpoints" / "iter_0000030.pt").write_bytes(b"garbage")
     assert main(["eval", str(run)]) == 2
-    assert "iter_0000030.pt is truncated or corrupt" in capsys.readouterr().err
+    assert "iter_0000030.pt is truncated, corrupt" in capsys.readouterr().err
     assert main(["train", "no-such-preset", "--run-dir", str(tmp_path / "x")]) == 2
     assert "neither a file nor a preset" in capsys.readouterr().err
 

@@ -32,7 +32,7 @@ def test_every_family_has_presets_in_both_conventions():
 def test_one_iteration_end_to_end(preset, tmp_path, capsys):
     run = tmp_path / preset
     assert main(["train", preset, "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
-    assert main(["eval", str(run), "eval.baselines=[random]"]) == 0
+    assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]"]) == 0
     out = capsys.readouterr().out
     assert "| MAML |" in out and "| random init |" in out
     results = json.loads((run / "eval" / "results.json").read_text())
@@ -48,7 +48,7 @@ def test_evaluation_with_sb3_baselines(preset, tmp_path, capsys):
     run = tmp_path / preset
     assert main(["train", preset, "--run-dir", str(run), "--no-progress", "train.num_iterations=1", *TINY]) == 0
     capsys.readouterr()
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", "--overwrite", str(run)]) == 0
     out, err = capsys.readouterr()
     assert "| MAML |" in out and "| random init |" in out and "| oracle (PPO, task observed) |" in out
     # What it trains is said first, and each PPO run shows its progress.
@@ -59,26 +59,26 @@ def test_evaluation_with_sb3_baselines(preset, tmp_path, capsys):
     assert results["methods"]["oracle"]["mean"][0] == results["methods"]["oracle"]["mean"][1]
     assert sorted(p.name for p in (run / "eval" / "baselines").iterdir()) == ["oracle_256.pt", "pretrained_256.pt"]
     # A second evaluation reuses the cached baselines and reproduces the numbers.
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", "--overwrite", str(run)]) == 0
     again = json.loads((run / "eval" / "results.json").read_text())
     assert again["methods"] == results["methods"]
     # A cache trained for another policy is refused with the file to delete, not loaded or crashed on.
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("activation: relu", "activation: tanh"))
-    assert main(["eval", str(run)]) == 2
+    assert main(["eval", "--overwrite", str(run)]) == 2
     err = capsys.readouterr().err
     assert "was trained for another policy" in err and "pretrained_256.pt to train it again" in err
     # So is a cache trained on another environment (here, another horizon).
     config.write_text(config.read_text().replace("activation: tanh", "activation: relu").replace(
         "horizon: 8", "horizon: 9"))
-    assert main(["eval", str(run)]) == 2
+    assert main(["eval", "--overwrite", str(run)]) == 2
     err = capsys.readouterr().err
     assert "was trained on another environment" in err and "'horizon': 8" in err and "train it again" in err
 
 
 def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
     run = train_tiny_navigation(tmp_path / "nav")
-    assert main(["eval", str(run), "eval.baselines=[random]", "eval.extra_draws=2"]) == 0
+    assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]", "eval.extra_draws=2"]) == 0
     assert "| MAML, mean over 3 draws of 2 test tasks (± standard deviation over draws) |" in capsys.readouterr().out
     results = json.loads((run / "eval" / "results.json").read_text())
     draws = results["maml_draws"]
@@ -88,9 +88,9 @@ def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
     per_draw = torch.tensor(draws["mean_per_draw"], dtype=torch.float64)
     assert torch.allclose(torch.tensor(draws["mean"], dtype=torch.float64), per_draw.mean(0))
     # Without extra draws the results carry no draws entry.
-    assert main(["eval", str(run), "eval.baselines=[random]"]) == 0
+    assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]"]) == 0
     assert "maml_draws" not in json.loads((run / "eval" / "results.json").read_text())
-    assert main(["eval", str(run), "eval.extra_draws=-1"]) == 2
+    assert main(["eval", "--overwrite", str(run), "eval.extra_draws=-1"]) == 2
     assert "eval.extra_draws must be >= 0" in capsys.readouterr().err
 
 
@@ -98,14 +98,14 @@ def test_evaluation_by_step_budget(tmp_path, capsys):
     """eval.batch_steps: episodes per task until they hold that many env steps (rllab's batch_size)."""
     run = train_tiny_navigation(tmp_path / "nav")
     # Rounds of 2 episodes of at most 8 steps: 20 steps need at least 3 episodes per task.
-    assert main(["eval", str(run), "eval.baselines=[random]", "eval.batch_steps=20"]) == 0
+    assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]", "eval.batch_steps=20"]) == 0
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["batch_steps"] == 20
     counts = results["mean_episodes_per_task"]
     assert set(counts) == {"maml", "random"} and all(c >= 3 for c in counts["maml"] + counts["random"])
     assert "Sampling: episodes per task and step until they hold 20 env steps" in (run / "eval" / "results.md").read_text()
     capsys.readouterr()
-    assert main(["eval", str(run), "eval.batch_steps=0"]) == 2
+    assert main(["eval", "--overwrite", str(run), "eval.batch_steps=0"]) == 2
     assert "eval.batch_steps must be >= 1" in capsys.readouterr().err
 
 
@@ -114,7 +114,7 @@ def test_a_checkpoint_that_does_not_fit_the_run_config_is_a_clear_error(tmp_path
     config = run / "config.yaml"
     assert "hidden_sizes: [8]" in config.read_text()
     config.write_text(config.read_text().replace("hidden_sizes: [8]", "hidden_sizes: [16]"))
-    assert main(["eval", str(run), "eval.baselines=[random]"]) == 2
+    assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]"]) == 2
     err = capsys.readouterr().err
     assert "does not fit this run's 'maml' model" in err and "size mismatch" in err
 
@@ -159,7 +159,7 @@ def test_alpha_maml_trpo_adapts_alpha_from_the_meta_step(tmp_path, capsys):
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))["learners"]["maml"]
     alphas = [v.item() for v in state["step_size"].values()]
     assert len(alphas) == 3 and all(a > 0 for a in alphas) and any(abs(a - 0.5) > 1e-6 for a in alphas)
-    assert main(["eval", str(run), "eval.baselines=[random]"]) == 0
+    assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]"]) == 0
     assert "| MAML |" in capsys.readouterr().out
 
 
@@ -187,7 +187,7 @@ def test_reference_test_tasks_need_forty(tmp_path, capsys):
     assert main(["train", "half_cheetah_vel_maml", "--run-dir", str(run), "--no-progress", "train.num_iterations=1",
                  *TINY]) == 0
     capsys.readouterr()
-    assert main(["eval", str(run), "eval.test_tasks=reference"]) == 2
+    assert main(["eval", "--overwrite", str(run), "eval.test_tasks=reference"]) == 2
     assert "eval.num_tasks must be 40" in capsys.readouterr().err
 
 

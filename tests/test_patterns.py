@@ -138,7 +138,7 @@ def test_variants_are_chosen_in_the_config_and_train_side_by_side(tmp_path, caps
     assert main(["train", "sinusoid", "--run-dir", str(run), "methods=[maml,alpha_maml,lambda_maml]",
                  "variant.pattern=anil", "variant.alpha_hyper_lr=1e-6", "train.num_iterations=30",
                  "train.log_every=10", "eval.num_tasks=20", "eval.max_steps=2", "--no-progress"]) == 0
-    assert main(["eval", str(run)]) == 0
+    assert main(["eval", "--overwrite", str(run)]) == 0
     results = json.loads((run / "eval" / "results.json").read_text())
     assert set(results["methods"]) == {"maml", "alpha_maml", "lambda_maml"}
     assert "| Alpha MAML |" in capsys.readouterr().out

@@ -13,6 +13,12 @@ from rl_maml.functional import TaskBatchedModel, check_per_task
 from rl_maml.seeding import derive_seed
 
 
+NONFINITE_POLICY = (
+    "the policy's actions are not finite (NaN or infinite), usually after an inner step that was too large: lower "
+    "inner.inner_lr (or eval.step_scales for evaluation); the env was not stepped with them and no checkpoint changed")
+NONFINITE_ADVANTAGES = ("the returns or advantages are not finite: the env's rewards or observations overflowed, or "
+                        "the baseline fit did; check the env's rewards and inner.inner_lr")
+
 # per_task packs the rows when the busiest task took fewer than this fraction of the T x B steps.
 PACK_BELOW = 0.9
 
@@ -116,6 +122,8 @@ class Episodes:
         values = baseline.fit_predict(self.obs, returns, self.mask)
         adv = gae(self.rewards, values, self.mask, gamma, gae_lambda)
         self.advantages = normalize_per_task(adv, self.mask) if normalize else adv
+        if not torch.isfinite(self.advantages).all():
+            raise FloatingPointError(NONFINITE_ADVANTAGES)
         return self.advantages
 
 
@@ -171,6 +179,8 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
         obs_buf[t] = obs.view(M, B, -1)
         act_buf[t] = action
         mask_buf[t] = alive.view(M, B)
+        if not bool(torch.isfinite(action).all()):  # before the env sees them
+            raise FloatingPointError(NONFINITE_POLICY)
         obs, reward, done, _ = env.step(action.reshape(N, -1))
         obs = obs.to(device)
         rew_buf[t] = reward.to(device).view(M, B) * alive.view(M, B)

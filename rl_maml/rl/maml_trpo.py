@@ -39,6 +39,9 @@ class TRPOSettings:
     """Backtracking line-search candidates before giving up (parameters unchanged)."""
     ls_backtrack_ratio: float = 0.8
     """Each candidate step is this fraction of the previous one."""
+    max_rejected_steps: int = 50
+    """Stop with an error after this many meta-steps in a row whose line search rejected every
+    candidate (the policy no longer changes; a warning comes after 5); 0 never stops."""
     fvp_subsample: float = 1.0
     """Fraction of each task's episodes used for the Fisher-vector products (the gradient and the
     line search use all); 1.0 is exact, smaller values trade curvature accuracy for speed."""
@@ -58,6 +61,8 @@ class TRPOSettings:
     initial policy for the episodes it samples before adaptation."""
 
     def __post_init__(self) -> None:
+        if self.max_rejected_steps < 0:
+            raise ValueError(f"max_rejected_steps must be >= 0 (0: never stop), got {self.max_rejected_steps}")
         if not (self.max_kl > 0 and self.cg_iters >= 1 and self.cg_damping >= 0 and self.ls_max_steps >= 1
                 and 0 < self.ls_backtrack_ratio < 1 and 0 < self.fvp_subsample <= 1):
             raise ValueError("need max_kl > 0, cg_iters >= 1, cg_damping >= 0, ls_max_steps >= 1, "
@@ -321,5 +326,6 @@ def _require_finite(**values: Tensor) -> None:
         if not torch.isfinite(v).all():
             raise FloatingPointError(
                 f"TRPO meta-step: the {name} is not finite; the policy was not updated. Lower inner.inner_lr "
-                "or trpo.max_kl, or resume from an earlier checkpoint."
+                "or trpo.max_kl and start a new run (the run is deterministic: resuming it repeats the same "
+                "computation)."
             )
