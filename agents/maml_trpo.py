@@ -42,13 +42,15 @@ class MAMLTRPOAgent:
             at a time, until each task holds this many steps (rllab's sampler; see
             :func:`~rl_maml.rl.episodes.sample_step_budget`). ``None``: exactly
             ``fast_batch_size`` episodes per task.
+        shard: this process's share of each meta-batch (:mod:`rl_maml.distributed`); the env then
+            holds ``shard.count * fast_batch_size`` envs, and the meta-step is reduced over the ranks.
     """
 
     name = "maml"
 
     def __init__(self, env, policy: GaussianMLPPolicy, inner: InnerLoop, trpo: TRPOSettings, meta_batch_size: int,
                  fast_batch_size: int, gamma: float = 0.99, gae_lambda: float = 1.0, seed: int = 0,
-                 meta_step_threads: int = 0, batch_steps: int | None = None):
+                 meta_step_threads: int = 0, batch_steps: int | None = None, shard=None):
         if batch_steps is not None and batch_steps < 1:
             raise ValueError(f"batch_steps must be >= 1 (or None for fast_batch_size episodes), got {batch_steps}")
         check_batched_env(env, "MAMLTRPOAgent's env")
@@ -56,26 +58,35 @@ class MAMLTRPOAgent:
         self.env = env
         self.policy = policy
         self.meta = MAMLTRPO(policy, inner, trpo)
+        self.meta.shard = shard
+        self.shard = shard
         self.baseline = LinearFeatureBaseline()
-        self.M, self.B = meta_batch_size, fast_batch_size
+        self.M_total, self.B = meta_batch_size, fast_batch_size
+        self.M = meta_batch_size if shard is None else shard.count  # this process's tasks
+        if shard is not None and shard.total != meta_batch_size:
+            raise ValueError(f"the shard splits {shard.total} tasks, the meta-batch has {meta_batch_size}")
         self.gamma, self.gae_lambda = gamma, gae_lambda
         self.seed = seed
         self.device = next(policy.parameters()).device
         self.meta_step_threads = meta_step_threads or os.cpu_count() or 1
 
     def sample_tasks(self, iteration: int) -> dict[str, torch.Tensor]:
-        tasks = self.env.sample_tasks(self.M, numpy_generator(self.seed, "tasks", iteration))
-        return {k: torch.as_tensor(v) for k, v in tasks.items()}
+        """Iteration ``iteration``'s meta-batch (this process's share of it when split)."""
+        tasks = self.env.sample_tasks(self.M_total, numpy_generator(self.seed, "tasks", iteration))
+        tasks = {k: torch.as_tensor(v) for k, v in tasks.items()}
+        return tasks if self.shard is None else {k: self.shard.slice(v) for k, v in tasks.items()}
 
     def _sample(self, params, tasks, *keys) -> Episodes:
-        seeds = episode_seeds(self.seed, *keys, num_tasks=self.M, episodes_per_task=self.B)
+        offset = 0 if self.shard is None else self.shard.offset
+        seeds = episode_seeds(self.seed, *keys, num_tasks=self.M, episodes_per_task=self.B, task_offset=offset)
         gen = torch_generator(self.seed, "actions", *keys, device=self.device)
         params = {k: v.detach() for k, v in params.items()}
         if self.batch_steps is None:
-            episodes = sample_episodes(self.env, self.meta.batched, params, tasks, self.B, seeds, gen)
+            episodes = sample_episodes(self.env, self.meta.batched, params, tasks, self.B, seeds, gen,
+                                       shard=self.shard)
         else:
             episodes = sample_step_budget(self.env, self.meta.batched, params, tasks, self.B, self.batch_steps,
-                                          self.seed, keys, gen)
+                                          self.seed, keys, gen, shard=self.shard)
         episodes.compute_advantages(self.baseline, self.gamma, self.gae_lambda)
         return episodes
 
@@ -113,13 +124,16 @@ class MAMLTRPOAgent:
             torch.set_num_threads(sampling_threads)
         t3 = time.perf_counter()
         self._watch_line_search(iteration, logs)
+        if self.shard is not None and iteration % self.CHECK_EVERY == 0:
+            self.shard.check_same(list(self.policy.parameters()))
         steps = sum(e.env_steps() for e in train) + valid.env_steps()
+        mean = (lambda x: x) if self.shard is None else self.shard.mean_float
         logs.update({
-            "charts/return_pre": train[0].mean_return() if train else float("nan"),
-            "charts/return_post": valid.mean_return(),
-            **{f"charts/return_after_{k}_steps": e.mean_return() for k, e in enumerate(adaptation.episodes)},
-            "charts/episodes_per_task": valid.kept().sum(1).float().mean().item(),
-            "charts/env_steps": float(steps),
+            "charts/return_pre": mean(train[0].mean_return()) if train else float("nan"),
+            "charts/return_post": mean(valid.mean_return()),
+            **{f"charts/return_after_{k}_steps": mean(e.mean_return()) for k, e in enumerate(adaptation.episodes)},
+            "charts/episodes_per_task": mean(valid.kept().sum(1).float().mean().item()),
+            "charts/env_steps": float(steps) if self.shard is None else self.shard.sum_float(float(steps)),
             "time/env_steps_per_s": steps / (t3 - t0),
             "time/sampling_s": t_sample,
             "time/adapting_s": t_adapt,
@@ -128,6 +142,7 @@ class MAMLTRPOAgent:
         return logs
 
     WARN_REJECTED = 5
+    CHECK_EVERY = 10  # iterations between checks that the ranks' parameters agree
 
     def _watch_line_search(self, iteration: int, logs: dict[str, float]) -> None:
         """Count meta-steps in a row whose line search kept no step; warn, then stop (trpo.max_rejected_steps)."""

@@ -95,7 +95,17 @@ class SupervisedLearner:
         loss, metrics = self.checked_loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        shard = getattr(self, "shard", None)
+        if shard is not None:  # a share of the meta-batch: the gradient of the mean over all tasks
+            for group in self.optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is not None:
+                        p.grad = shard.mean(p.grad)
         self.optimizer.step()
+        if shard is not None:  # running statistics (batch norm) from each share, averaged
+            for b in self.module.buffers():
+                if b.is_floating_point():
+                    b.copy_(shard.mean(b))
         return metrics
 
     def trajectory(self, batch: TaskBatch, num_steps: int) -> Iterator[Params]:

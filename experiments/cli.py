@@ -156,6 +156,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("train needs a CONFIG (a YAML file or a preset name) unless --resume is given")
         raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides)
     module, cfg = build_config(raw)
+    from rl_maml.distributed import world
+
+    rank, world_size = world()
+    if rank != 0:  # under torchrun: rank 0 checks, locks and writes the run folder; the others only train
+        module.train(cfg, run_dir, resume=args.resume, progress=False)
+        return 0
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     with RunLock(run_dir, "train"):

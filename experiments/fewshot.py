@@ -193,14 +193,19 @@ def train(cfg: FewShotConfig, run_dir: Path, resume: bool, progress: bool = True
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
     dataset = _load(cfg)
+    from rl_maml.distributed import context, shard_learners
+
+    shard = context(cfg.train.meta_batch_size, device)  # None in one process
     learner = build_learner(cfg, device, dataset)
+    shard_learners({cfg.method: learner}, shard)
     t = cfg.task
     train_tasks = dataset.tasks("train", t.ways, t.shots, t.num_query)
     val_tasks = dataset.tasks("val", t.ways, t.shots, cfg.eval.num_query)
     val_steps = max(cfg.inner.num_inner_steps, 1)
 
     def sample_batch(iteration: int):
-        return train_tasks.sample(cfg.train.meta_batch_size, torch_generator(cfg.seed, "fewshot-train", iteration)).to(device)
+        batch = train_tasks.sample(cfg.train.meta_batch_size, torch_generator(cfg.seed, "fewshot-train", iteration))
+        return (batch if shard is None else batch.tasks_slice(shard.offset, shard.count)).to(device)
 
     def validate(iteration: int) -> dict[str, float]:
         acc = evaluate_tasks(learner, val_tasks, cfg.eval.val_tasks, val_steps, cfg.eval.seed, "fewshot-val",
@@ -209,7 +214,8 @@ def train(cfg: FewShotConfig, run_dir: Path, resume: bool, progress: bool = True
 
     trainer = Trainer(run_dir, {cfg.method: learner}, sample_batch, cfg.train.num_iterations, cfg.train.checkpoint_every,
                       cfg.train.keep_checkpoints, cfg.train.log_every, progress, validate=validate,
-                      validate_every=cfg.eval.val_every)
+                      validate_every=cfg.eval.val_every if shard is None or shard.is_main else 0,
+                      is_main=shard is None or shard.is_main)
     start = trainer.resume(str(device)) if resume else 0
     return trainer.run(start)
 

@@ -287,16 +287,20 @@ def make_policy(cfg: MetaRLConfig, env, device: torch.device) -> GaussianMLPPoli
                              p.output_init_scale, init=p.init).to(device)
 
 
-def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:
+def build_agent(cfg: MetaRLConfig, device: torch.device, shard=None) -> MAMLTRPOAgent:
+    """The agent of ``cfg``; ``shard``: this process's share of each meta-batch (torch.distributed)."""
     seed_everything(cfg.seed)
     t = cfg.train
-    env = cfg.env.make(t.meta_batch_size * t.fast_batch_size, device)
+    local_tasks = t.meta_batch_size if shard is None else shard.count
+    env = cfg.env.make(local_tasks * t.fast_batch_size, device)
     policy = make_policy(cfg, env, device)
     inner, learned = make_inner_loop(cfg.inner, dict(policy.named_parameters()))
     if learned is not None:
         raise ConfigError("inner.step_size: learned step sizes are not supported by MAML-TRPO yet; use fixed")
 
     def alpha_maml() -> MAMLTRPOAgent:
+        if shard is not None:
+            raise ConfigError("method=alpha_maml does not split across processes yet; run it in one process")
         step_size = HypergradientStepSize(params_of(policy), cfg.inner.inner_lr, cfg.variant.alpha_granularity,
                                           cfg.variant.alpha_hyper_lr, step_scales=tuple(cfg.inner.step_scales))
         alpha_inner = InnerLoop(step_size, inner.num_steps, inner.first_order, inner.mask)
@@ -305,7 +309,7 @@ def build_agent(cfg: MetaRLConfig, device: torch.device) -> MAMLTRPOAgent:
 
     factories = {
         "maml": lambda: MAMLTRPOAgent(env, policy, inner, cfg.trpo, t.meta_batch_size, t.fast_batch_size, t.gamma,
-                                      t.gae_lambda, cfg.seed, t.meta_step_threads, t.batch_steps),
+                                      t.gae_lambda, cfg.seed, t.meta_step_threads, t.batch_steps, shard=shard),
         "alpha_maml": alpha_maml,
     }
     return factories[cfg.method]()
@@ -315,10 +319,17 @@ def train(cfg: MetaRLConfig, run_dir: Path, resume: bool, progress: bool = True)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     device = _device(cfg.train.device)
-    agent = build_agent(cfg, device)
+    from rl_maml.distributed import context
+
+    shard = context(cfg.train.meta_batch_size, device)  # None in one process
+    agent = build_agent(cfg, device, shard)
+    if shard is not None:  # every rank starts from rank 0's parameters
+        for p in agent.policy.parameters():
+            torch.distributed.broadcast(p.data, src=0)
     trainer = Trainer(run_dir, {"maml": agent}, lambda it: it, cfg.train.num_iterations, cfg.train.checkpoint_every,
                       cfg.train.keep_checkpoints, cfg.train.log_every, progress,
-                      progress_keys=("return_post", "return_pre", "ls_accepted"))
+                      progress_keys=("return_post", "return_pre", "ls_accepted"),
+                      is_main=shard is None or shard.is_main)
     start = trainer.resume(str(device)) if resume else 0
     return trainer.run(start)
 

@@ -149,16 +149,21 @@ def train(cfg: SinusoidConfig, run_dir: Path, resume: bool, progress: bool = Tru
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
+    from rl_maml.distributed import context, shard_learners
+
+    shard = context(cfg.train.meta_batch_size, device)  # None in one process
     learners = build_learners(cfg, device)
+    shard_learners(learners, shard)
     tasks = make_tasks(cfg)
 
     def sample_batch(iteration: int):
         g = torch_generator(cfg.seed, "sinusoid-train", iteration)
-        return tasks.sample(cfg.train.meta_batch_size, cfg.task.num_support, cfg.task.num_query, g).to(device)
+        batch = tasks.sample(cfg.train.meta_batch_size, cfg.task.num_support, cfg.task.num_query, g).to(device)
+        return batch if shard is None else batch.tasks_slice(shard.offset, shard.count)
 
     trainer = Trainer(
         run_dir, learners, sample_batch, cfg.train.num_iterations, cfg.train.checkpoint_every,
-        cfg.train.keep_checkpoints, cfg.train.log_every, progress,
+        cfg.train.keep_checkpoints, cfg.train.log_every, progress, is_main=shard is None or shard.is_main,
     )
     start = trainer.resume(str(device)) if resume else 0
     return trainer.run(start)

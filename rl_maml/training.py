@@ -126,6 +126,7 @@ class Trainer:
         progress_keys: tuple[str, ...] = ("losses/",),
         validate: Callable[[int], dict[str, float]] | None = None,
         validate_every: int = 0,
+        is_main: bool = True,
     ):
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -140,6 +141,8 @@ class Trainer:
         self.validate = validate
         self.validate_every = validate_every
         self.curve_path = self.run_dir / "validation.jsonl"
+        # Under torch.distributed only rank 0 writes (logs, checkpoints, curves); the others train.
+        self.is_main = is_main
         # Cumulative cost of the run, kept in every checkpoint and carried over by resume:
         # seconds spent in iterations and, for learners that report charts/env_steps, env steps.
         self.totals = {"wall_clock_s": 0.0, "env_steps": 0.0}
@@ -152,7 +155,7 @@ class Trainer:
             state = load_checkpoint(path, map_location=device)
             start = load_learners(path, self.learners, device, state=state)
             self.totals.update(state.get("totals", {}))
-        if self.curve_path.is_file():
+        if self.is_main and self.curve_path.is_file():
             kept = [line for line in self.curve_path.read_text().splitlines() if _curve_iteration(line) <= start]
             atomic_write_bytes(self.curve_path, "".join(f"{line}\n" for line in kept).encode())
         return start
@@ -160,12 +163,16 @@ class Trainer:
     def _validate(self, iteration: int, logger: RunLogger) -> dict[str, float]:
         metrics = self.validate(iteration)
         logger.log(iteration, metrics)
+        if not self.is_main:
+            return metrics
         with open(self.curve_path, "a") as f:
             f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
         return metrics
 
     def save(self, iteration: int) -> Path:
         path = checkpoint_path(self.ckpt_dir, iteration)
+        if not self.is_main:
+            return path
         save_learners(path, iteration, self.learners, self.totals)
         prune_checkpoints(self.ckpt_dir, self.keep_checkpoints)
         return path
@@ -181,13 +188,15 @@ class Trainer:
         count = 0
         last: dict[str, float] = {}
         bar = tqdm(
-            total=self.num_iterations, initial=start_iteration, desc="meta-train", disable=not self.progress,
+            total=self.num_iterations, initial=start_iteration, desc="meta-train",
+            disable=not (self.progress and self.is_main),
             dynamic_ncols=True, mininterval=1.0,
         )
         stop = _StopRequest()
         saved = start_iteration
-        with RunLogger(self.run_dir / "tb", purge_step=start_iteration + 1 if start_iteration else None) as logger, \
-                stop:
+        logger_cm = RunLogger(self.run_dir / "tb", purge_step=start_iteration + 1 if start_iteration else None) \
+            if self.is_main else _NullLogger()
+        with logger_cm as logger, stop:
             if start_iteration == 0 and (self.run_dir / "config.yaml").is_file():
                 logger.log_config(self.run_dir / "config.yaml")
             for iteration in range(start_iteration + 1, self.num_iterations + 1):
@@ -235,6 +244,25 @@ class Trainer:
         if start_iteration >= self.num_iterations and latest_checkpoint(self.ckpt_dir) is None:
             self.save(start_iteration)
         return last
+
+
+class _NullLogger:
+    """What ranks other than 0 log to: nothing."""
+
+    def log(self, step, metrics) -> None:
+        pass
+
+    def log_config(self, path) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def __enter__(self) -> _NullLogger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 class _StopRequest:

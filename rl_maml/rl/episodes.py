@@ -43,6 +43,10 @@ class Episodes:
     sampled_steps: int | None = None
     """Env steps simulated to collect these episodes, when more than the mask holds (a step budget
     drops the episodes past it); ``None``: the mask's count."""
+    pack_rows: int | None = None
+    """The row count K of :meth:`per_task`'s packed layout when set (the most steps any task of the
+    whole meta-batch took, when it is split across processes, so that every rank packs like one
+    process); ``None``: this batch's own."""
 
     @property
     def num_tasks(self) -> int:
@@ -104,7 +108,7 @@ class Episodes:
             return cached[1]
         T, M, B = self.mask.shape
         valid = self.mask.transpose(0, 1).reshape(M, T * B) != 0
-        K = int(valid.sum(1).max().item())
+        K = int(valid.sum(1).max().item()) if self.pack_rows is None else self.pack_rows
         index = None
         if K < PACK_BELOW * T * B:
             # valid rows first, each task's in (t, b) order (a stable sort of "is masked")
@@ -127,15 +131,18 @@ class Episodes:
         return self.advantages
 
 
-def episode_seeds(seed: int, *keys: int | str, num_tasks: int, episodes_per_task: int) -> list[int]:
-    """Reset seeds of the M x B episodes, each derived from ``(seed, *keys, task, episode)``."""
-    return [derive_seed(seed, *keys, m, b) % (1 << 32) for m in range(num_tasks) for b in range(episodes_per_task)]
+def episode_seeds(seed: int, *keys: int | str, num_tasks: int, episodes_per_task: int,
+                  task_offset: int = 0) -> list[int]:
+    """Reset seeds of the M x B episodes, each derived from ``(seed, *keys, task, episode)``; tasks
+    are numbered from ``task_offset`` (a rank's share of a meta-batch keeps the global numbers)."""
+    return [derive_seed(seed, *keys, m, b) % (1 << 32) for m in range(task_offset, task_offset + num_tasks)
+            for b in range(episodes_per_task)]
 
 
 @torch.no_grad()
 def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mapping[str, Tensor], episodes_per_task: int,
                     reset_seeds: list[int], generator: torch.Generator, deterministic: bool = False,
-                    steps_needed: Tensor | None = None) -> Episodes:
+                    steps_needed: Tensor | None = None, shard=None) -> Episodes:
     """Roll out B episodes per task with each task's own policy parameters, all N = M x B at once.
 
     Args:
@@ -155,6 +162,9 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
             (envs are independent and the action noise is drawn for every env); only the
             simulation of episodes that would be dropped is saved, for envs with a ``stop(ids)``
             method.
+        shard: this process's :class:`~rl_maml.distributed.TaskShard` when the meta-batch is split
+            across processes: the action noise is drawn for the whole meta-batch and sliced, and the
+            loop ends on every rank together, so each task's episodes are those of one process.
     """
     M = len(next(iter(tasks.values())))
     B = episodes_per_task
@@ -174,8 +184,12 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
     taken = torch.zeros(M, B, device=device)
     for t in range(T):
         mean, log_std = policy(params, obs.view(M, B, -1).to(obs_buf.dtype))  # [M, B, act_dim]
-        action = mean if deterministic else mean + torch.exp(log_std) * torch.randn(
-            mean.shape, generator=generator, device=device)
+        if deterministic:
+            action = mean
+        else:
+            shape = mean.shape if shard is None else (shard.total, *mean.shape[1:])
+            noise = torch.randn(shape, generator=generator, device=device)
+            action = mean + torch.exp(log_std) * (noise if shard is None else shard.slice(noise))
         obs_buf[t] = obs.view(M, B, -1)
         act_buf[t] = action
         mask_buf[t] = alive.view(M, B)
@@ -191,9 +205,17 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
             if unneeded.any():
                 env.stop(unneeded.nonzero().view(-1).cpu().numpy())
                 alive = alive & ~unneeded
-        if not alive.any():
+        if not (bool(alive.any()) if shard is None else shard.any(bool(alive.any()))):
             break
-    return Episodes(obs_buf, act_buf, rew_buf, mask_buf)
+    return _packed_like_one_process(Episodes(obs_buf, act_buf, rew_buf, mask_buf), shard)
+
+
+def _packed_like_one_process(episodes: Episodes, shard) -> Episodes:
+    """Under a split meta-batch, the packed layout's row count of the whole meta-batch (see ``pack_rows``)."""
+    if shard is not None:
+        local = int(episodes.mask.sum(dim=(0, 2)).max().item())
+        episodes.pack_rows = shard.max_int(local)
+    return episodes
 
 
 def concat_episodes(parts: list[Episodes]) -> Episodes:
@@ -204,7 +226,7 @@ def concat_episodes(parts: list[Episodes]) -> Episodes:
 
 def sample_step_budget(env, policy: TaskBatchedModel, params: Params, tasks: Mapping[str, Tensor],
                        episodes_per_task: int, steps_per_task: int, seed: int, keys: tuple,
-                       generator: torch.Generator) -> Episodes:
+                       generator: torch.Generator, shard=None) -> Episodes:
     """Episodes of every task until they hold at least ``steps_per_task`` env steps (rllab's sampler).
 
     rllab's samplers collected whole episodes for each task until the task held its share of the
@@ -216,25 +238,35 @@ def sample_step_budget(env, policy: TaskBatchedModel, params: Params, tasks: Map
     at least the budget. The episodes past that are masked out (mask and rewards 0), so that every
     masked computation (baseline fit, advantages, inner loss, surrogate, KL) ignores them, and the
     episode axis is cut to the most episodes any task keeps. ``kept()`` tells which slots hold
-    episodes; ``sampled_steps`` counts every simulated step.
+    episodes; ``sampled_steps`` counts every simulated step. ``shard``: as for
+    :func:`sample_episodes`; rounds continue on every rank while any rank's tasks need more.
     """
     if steps_per_task < 1:
         raise ValueError(f"steps_per_task must be >= 1, got {steps_per_task}")
     M = len(next(iter(tasks.values())))
     parts, total, r = [], torch.zeros(M), 0
-    while not parts or bool((total < steps_per_task).any()):
+    offset = 0 if shard is None else shard.offset
+
+    def more() -> bool:
+        short = bool((total < steps_per_task).any())
+        return short if shard is None else shard.any(short)
+
+    while not parts or more():
         round_keys = keys if r == 0 else (*keys, "round", r)
-        seeds = episode_seeds(seed, *round_keys, num_tasks=M, episodes_per_task=episodes_per_task)
+        seeds = episode_seeds(seed, *round_keys, num_tasks=M, episodes_per_task=episodes_per_task,
+                              task_offset=offset)
         needed = (steps_per_task - total).clamp(min=0)
         parts.append(sample_episodes(env, policy, params, tasks, episodes_per_task, seeds, generator,
-                                     steps_needed=needed))
+                                     steps_needed=needed, shard=shard))
         total += parts[-1].mask.sum(dim=(0, 2)).cpu()
         r += 1
     episodes = concat_episodes(parts)
     lengths = episodes.mask.sum(0)  # [M, B * rounds]
     keep = (lengths.cumsum(1) - lengths < steps_per_task).to(episodes.mask.dtype)
     width = int(keep.sum(1).max().item())
+    width = width if shard is None else shard.max_int(width)  # the whole meta-batch's, as in one process
     keep = keep[:, :width]
-    return Episodes(episodes.obs[:, :, :width], episodes.actions[:, :, :width],
+    kept = Episodes(episodes.obs[:, :, :width], episodes.actions[:, :, :width],
                     episodes.rewards[:, :, :width] * keep, episodes.mask[:, :, :width] * keep,
                     sampled_steps=episodes.sampled_steps)
+    return _packed_like_one_process(kept, shard)

@@ -90,6 +90,11 @@ class MAMLTRPO:
         self.batched = TaskBatchedModel(policy)
         self.inner = inner
         self.trpo = trpo
+        self.shard = None  # a TaskShard when the meta-batch is split across processes (rl_maml.distributed)
+
+    def _mean(self, local: Tensor) -> Tensor:
+        """The mean over the whole meta-batch of a per-rank mean over this rank's tasks."""
+        return local if self.shard is None else self.shard.mean(local)
 
     def params(self) -> Params:
         return params_of(self.policy)
@@ -282,20 +287,25 @@ class MAMLTRPO:
         # Step sizes that are tensors requiring grad (Alpha MAML's alpha) get d(surrogate)/d(alpha)
         # from the same backward pass, left in their .grad for the agent to use.
         online = [t for t in getattr(self.inner.step_size, "parameters", tuple)() if t.requires_grad]
+        if online and self.shard is not None:
+            raise NotImplementedError("learned inner step sizes (Alpha MAML) are not split across processes")
         all_grads = torch.autograd.grad(loss, params + online, allow_unused=True)
-        grads = flat(all_grads[:len(params)])
+        grads = self._mean(flat(all_grads[:len(params)]))
         for t, g in zip(online, all_grads[len(params):]):
             t.grad = g
+        loss = self._mean(loss.detach())
         _require_finite(loss=loss, gradient=grads)
 
         # Natural gradient direction: solve F x = g with conjugate gradient (curvature optionally
         # estimated on a subsample of the episodes).
         if self.trpo.fvp_subsample < 1.0:
-            count = max(1, math.ceil(self.trpo.fvp_subsample * valid.obs.shape[2]))
+            width = valid.obs.shape[2] if self.shard is None else self.shard.max_int(valid.obs.shape[2])
+            count = max(1, math.ceil(self.trpo.fvp_subsample * width))
             train_fvp, valid_fvp = [e.first_episodes(count) for e in train], valid.first_episodes(count)
         else:
             train_fvp, valid_fvp = train, valid
-        fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping, states=adapted)
+        local_fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping, states=adapted)
+        fvp = local_fvp if self.shard is None else (lambda v: self._mean(local_fvp(v)))  # damping: weights sum to 1
         step_dir, residual = conjugate_gradient(fvp, grads, self.trpo.cg_iters)
         shs = 0.5 * (step_dir @ (grads - residual))  # = x^T F x / 2, without another product
         _require_finite(step=step_dir, curvature=shs)
@@ -306,6 +316,8 @@ class MAMLTRPO:
         def evaluate() -> tuple[float, float]:
             states = self.adapt_all(train, create_graph=False, num_tasks=valid.num_tasks)
             new_loss, new_kl, _ = self.meta_objective(states, train, valid, old)
+            if self.shard is not None:  # every rank sees the same numbers and takes the same decision
+                return self.shard.mean_float(new_loss.item()), self.shard.mean_float(new_kl.item())
             return new_loss.item(), new_kl.item()
 
         accepted, steps, new_loss, new_kl = line_search(

@@ -24,6 +24,12 @@ class TaskBatch(NamedTuple):
     def num_tasks(self) -> int:
         return self.support[0].shape[0]
 
+    def tasks_slice(self, start: int, count: int) -> TaskBatch:
+        """Tasks ``start .. start + count - 1`` of the batch (a process's share of a meta-batch)."""
+        part = slice(start, start + count)
+        return TaskBatch(tuple(t[part] for t in self.support), tuple(t[part] for t in self.query),  # type: ignore[arg-type]
+                         {k: v[part] for k, v in self.tasks.items()})
+
     def to(self, device: str | torch.device) -> TaskBatch:
         return TaskBatch(
             tuple(t.to(device) for t in self.support),  # type: ignore[arg-type]
