@@ -119,8 +119,10 @@ def context(total_tasks: int, device: torch.device | str = "cpu") -> TaskShard |
     if world_size <= 1:
         return None
     if not dist.is_initialized():
-        backend = "nccl" if torch.device(device).type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        cuda = torch.device(device).type == "cuda"
+        if cuda:  # one GPU per process: "cuda" then means this node's GPU LOCAL_RANK
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     return shard_of(total_tasks, rank, world_size)
 
 
