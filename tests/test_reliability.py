@@ -341,3 +341,28 @@ def test_sigterm_stops_cleanly_too(tmp_path):
     assert proc.returncode == 130 and "interrupted by SIGTERM" in err
     assert len(list_checkpoints(run / "checkpoints")) == 1
     np.testing.assert_equal(load_yaml(run / "config.yaml")["train"]["num_iterations"], 100000)
+
+
+def test_kill_9_during_eval_leaves_no_half_written_results(tmp_path, uninterrupted):
+    """Results are written atomically: after a kill there is no results file or a complete one, and
+    the evaluation run again gives the results of an uninterrupted one."""
+    import json
+
+    reference = tmp_path / "reference"
+    shutil.copytree(uninterrupted, reference, ignore=shutil.ignore_patterns(".lock"))
+    assert main(["eval", str(reference)]) == 0
+    expected = json.loads((reference / "eval" / "results.json").read_text())["methods"]
+    run = tmp_path / "run"
+    shutil.copytree(uninterrupted, run, ignore=shutil.ignore_patterns(".lock"))
+    rng = random.Random(2)
+    for delay in [rng.uniform(2.5, 6.0) for _ in range(3)]:
+        proc = subprocess.Popen([console_script(), "eval", "--overwrite", str(run)], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env={**os.environ, "MPLBACKEND": "Agg"})
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        results = run / "eval" / "results.json"
+        if results.exists():
+            json.loads(results.read_text())  # complete, never truncated
+    assert main(["eval", "--overwrite", str(run)]) == 0
+    assert json.loads((run / "eval" / "results.json").read_text())["methods"] == expected
