@@ -50,9 +50,13 @@ def meta_train(config, run_dir: str | Path, resume: bool = False, progress: bool
         supervised benchmarks.
     """
     from rl_maml.experiments.cli import start_run
+    from rl_maml.runlock import RunLock
 
-    module = start_run(config, Path(run_dir), resume)
-    logs = module.train(config, Path(run_dir), resume=resume, progress=progress)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir, "train"):  # one writer per run folder, as for rl-maml train
+        module = start_run(config, run_dir, resume)
+        logs = module.train(config, run_dir, resume=resume, progress=progress)
     if getattr(config, "benchmark", None) == "metarl":
         return MetaPolicy.load(run_dir)
     return logs
