@@ -52,3 +52,17 @@ def check_action(action: object, shape: tuple[int, ...]) -> np.ndarray:
     if not np.isfinite(arr).all():
         raise ValueError(f"action contains NaN or infinite values: {arr.tolist()}; check the policy's outputs")
     return arr
+
+
+def check_batched_actions(actions: object, shape: tuple[int, int]) -> np.ndarray:
+    """A batch of actions ``[N, act_dim]`` (tensor or array) as float64 NumPy; ``ValueError`` for a
+    wrong shape or NaN/infinite entries (the batched envs' shared check)."""
+    if hasattr(actions, "detach"):  # a torch tensor
+        arr = actions.detach().to("cpu").double().numpy()
+    else:
+        arr = np.asarray(actions, dtype=np.float64)
+    if arr.shape != shape:
+        raise ValueError(f"actions must have shape {shape}, got {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError("actions contain NaN or infinite values; check the policy's outputs")
+    return arr

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from gymnasium.utils import seeding
 from mujoco import batch as mjbatch
+from rl_maml.envs.base import check_batched_actions
 from rl_maml.envs.locomotion import LocomotionEnv, SimState, read_state, step_reward
 from torch import Tensor
 
@@ -118,12 +119,7 @@ class BatchedLocomotion:
             ``obs [N, obs_dim]``, ``reward [N]`` (0 where the episode had ended), ``done [N]``
             (ended by now: terminated or at the horizon), ``info`` with the reward terms ``[N]``.
         """
-        a = actions.detach().to("cpu", torch.float64).numpy() if isinstance(actions, Tensor) else \
-            np.asarray(actions, dtype=np.float64)
-        if a.shape != (self.num_envs, self.act_dim):
-            raise ValueError(f"actions must have shape {(self.num_envs, self.act_dim)}, got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError("actions contain NaN or infinite values; check the policy's outputs")
+        a = check_batched_actions(actions, (self.num_envs, self.act_dim))
         live = self.alive.copy()
         control = self.proto.control(a)
         self.ctrl[:] = control

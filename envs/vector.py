@@ -29,6 +29,7 @@ import gymnasium
 import numpy as np
 import torch
 from gymnasium import spaces
+from rl_maml.envs.base import check_batched_actions
 from torch import Tensor
 
 __all__ = ["VectorTaskEnv", "sample_env_tasks", "stack_tasks", "unstack_tasks"]
@@ -181,12 +182,7 @@ class VectorTaskEnv:
         return self._tensor(self._obs)
 
     def step(self, actions: Tensor | np.ndarray) -> tuple[Tensor, Tensor, Tensor, dict[str, Tensor]]:
-        a = actions.detach().to("cpu", torch.float64).numpy() if isinstance(actions, Tensor) else \
-            np.asarray(actions, dtype=np.float64)
-        if a.shape != (self.num_envs, self.act_dim):
-            raise ValueError(f"actions must have shape {(self.num_envs, self.act_dim)}, got {a.shape}")
-        if not np.isfinite(a).all():
-            raise ValueError("actions contain NaN or infinite values; check the policy's outputs")
+        a = check_batched_actions(actions, (self.num_envs, self.act_dim))
         before = self.ended.copy()
         obs, reward, terminated, truncated, _ = self.vec.step(np.clip(a, self._low, self._high).astype(
             self.action_space.dtype))
