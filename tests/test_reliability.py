@@ -264,17 +264,23 @@ def _train_through(run: Path, *overrides: str) -> Path:
     return run
 
 
-def _kill_and_resume(run: Path, delays: list[float], overrides: list[str] = FAULT) -> int:
-    """Train with ``FAULT``, kill -9 after each delay (seconds after the start of a piece), resume
-    until the run ends; returns the number of kills that landed."""
+def _kill_and_resume(run: Path, targets: list[int], overrides: list[str] = FAULT) -> int:
+    """Train with ``overrides``, kill -9 each piece as soon as its newest checkpoint reaches the next
+    target iteration (wherever it then is: mid-iteration or mid-write), resume until the run ends;
+    returns the number of kills that landed in a running training."""
     kills, first = 0, True
-    for delay in [*delays, None]:
+    for target in [*sorted(targets), None]:
         proc = start_training(run, *overrides, resume=not first)
-        if delay is None:
+        if target is None:
             out, err = proc.communicate(timeout=300)
             assert proc.returncode == 0, err
             break
-        time.sleep(delay)
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline:
+            ckpts = list_checkpoints(run / "checkpoints")
+            if ckpts and ckpts[-1][0] >= target:
+                break
+            time.sleep(0.01)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -291,8 +297,8 @@ def uninterrupted(tmp_path_factory):
 
 def test_kill_9_at_random_points_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
     rng = random.Random(0)
-    kills = _kill_and_resume(tmp_path / "run", [rng.uniform(3.0, 6.0) for _ in range(3)])
-    assert kills >= 1
+    kills = _kill_and_resume(tmp_path / "run", rng.sample(range(1, 199), 3))
+    assert kills == 3
     assert_same_run(uninterrupted, tmp_path / "run")
     assert not list((tmp_path / "run" / "checkpoints").glob("*.tmp*"))  # no half-written files left visible
 
@@ -303,7 +309,7 @@ def test_kill_9_at_50_random_points(tmp_path):
     long = ["train.num_iterations=3000", *FAULT[1:]]
     reference = _train_through(tmp_path / "reference", *long)
     rng = random.Random(1)
-    kills = _kill_and_resume(tmp_path / "run", [rng.uniform(2.0, 6.0) for _ in range(50)], long)
+    kills = _kill_and_resume(tmp_path / "run", rng.sample(range(1, 2999), 50), long)
     print(f"kill -9 points: 50 tried, {kills} landed in a running training")
     assert kills >= 45
     assert_same_run(reference, tmp_path / "run")
