@@ -161,10 +161,14 @@ class MAMLTRPOAgent:
                                 f"changing. {advice}. Earlier checkpoints are intact.")
 
     def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict()}
+        state = {"policy": self.policy.state_dict()}
+        if self.meta.warm_direction is not None:  # trpo.cg_warm_start: resume from the same direction
+            state["cg_warm_direction"] = self.meta.warm_direction
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
+        self.meta.warm_direction = state.get("cg_warm_direction")
 
 
 class AlphaMAMLTRPOAgent(MAMLTRPOAgent):

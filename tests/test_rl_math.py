@@ -141,14 +141,15 @@ def test_fisher_vector_product_through_the_adaptation_graph(float64):
 
 @pytest.mark.parametrize("case", ["one step", "two steps", "masked", "first order", "every step",
                                   "every step, three", "every step, first order", "lvc", "two steps, lvc"])
-def test_structured_fvp_equals_autograd_through_the_full_graph(float64, case):
+@pytest.mark.parametrize("method", ["closed_form", "autograd"])
+def test_structured_fvp_equals_autograd_through_the_full_graph(float64, case, method):
     torch.manual_seed(0)
-    policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
+    policy = GaussianMLPPolicy(2, 2, (5, 4) if "two" in case else (5,), "relu" if "lvc" in case else "tanh")
     mask = AdaptationMask.only({"mean.layers.2.weight", "mean.layers.2.bias"}) if case == "masked" else None
     steps = 3 if "three" in case else 2 if case.startswith(("two steps", "every step")) else 1
     inner = InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), steps, first_order="first order" in case, mask=mask)
     meta = MAMLTRPO(policy, inner, TRPOSettings(surrogate_steps="every" if "every" in case else "final",
-                                                inner_objective="lvc" if "lvc" in case else "reinforce"))
+                                                inner_objective="lvc" if "lvc" in case else "reinforce", fvp=method))
     train, valid = [tiny_episodes(seed=1 + s) for s in range(steps)], tiny_episodes(seed=9)
     params = list(policy.parameters())
     _, kl, old = meta.meta_objective(meta.adapt_all(train), train, valid)

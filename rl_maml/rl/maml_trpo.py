@@ -20,6 +20,8 @@ from rl_maml.aliases import Params
 from rl_maml.functional import TaskBatchedModel, expand_params, params_of
 from rl_maml.inner import InnerLoop
 from rl_maml.rl.adaptation import check_per_task, masked_task_mean, policy_gradient_loss
+from rl_maml.rl.curvature import GaussianMLPCurvature
+from rl_maml.rl.curvature import supports as curvature_supports
 from rl_maml.rl.episodes import Episodes
 from rl_maml.rl.policy import GaussianMLPPolicy, kl_divergence, log_prob
 from rl_maml.rl.trpo import conjugate_gradient, flat, line_search
@@ -33,6 +35,13 @@ class TRPOSettings:
     """Largest mean KL divergence between the adapted policies before and after the step."""
     cg_iters: int = 10
     """Conjugate-gradient iterations for the natural-gradient direction."""
+    cg_tolerance: float = 0.0
+    """Also stop conjugate gradient once the residual is this small relative to the gradient
+    (``|F x - g| <= cg_tolerance |g|``); 0 runs ``cg_iters`` iterations (rllab's rule)."""
+    cg_warm_start: bool = False
+    """Start conjugate gradient from the previous meta-step's direction instead of zero (one more
+    Fisher-vector product for its residual; useful with ``cg_tolerance``). The direction is part
+    of the checkpoint, so a resumed run continues identically."""
     cg_damping: float = 1e-5
     """Added to the Fisher matrix's diagonal."""
     ls_max_steps: int = 15
@@ -45,6 +54,11 @@ class TRPOSettings:
     fvp_subsample: float = 1.0
     """Fraction of each task's episodes used for the Fisher-vector products (the gradient and the
     line search use all); 1.0 is exact, smaller values trade curvature accuracy for speed."""
+    fvp: str = "auto"
+    """How the Hessian-vector products inside each Fisher-vector product are computed.
+    ``closed_form``: written out layer by layer for the Gaussian MLP policy
+    (:mod:`rl_maml.rl.curvature`; exact, several times faster). ``autograd``: double backward,
+    for any policy. ``auto``: ``closed_form`` where it applies, else ``autograd``."""
     surrogate_steps: str = "final"
     """Which adapted policies the meta-step scores. ``final``: the policy after the last inner step,
     on the validation episodes (MAML). ``every``: the mean over inner steps 1..S of each adapted
@@ -63,12 +77,16 @@ class TRPOSettings:
     def __post_init__(self) -> None:
         if self.max_rejected_steps < 0:
             raise ValueError(f"max_rejected_steps must be >= 0 (0: never stop), got {self.max_rejected_steps}")
+        if not 0 <= self.cg_tolerance < 1:
+            raise ValueError(f"cg_tolerance must be in [0, 1) (0: run cg_iters iterations), got {self.cg_tolerance}")
         if not (self.max_kl > 0 and self.cg_iters >= 1 and self.cg_damping >= 0 and self.ls_max_steps >= 1
                 and 0 < self.ls_backtrack_ratio < 1 and 0 < self.fvp_subsample <= 1):
             raise ValueError("need max_kl > 0, cg_iters >= 1, cg_damping >= 0, ls_max_steps >= 1, "
                              f"0 < ls_backtrack_ratio < 1 and 0 < fvp_subsample <= 1, got {self}")
         if self.surrogate_steps not in ("final", "every"):
             raise ValueError(f"surrogate_steps must be 'final' or 'every', got {self.surrogate_steps!r}")
+        if self.fvp not in ("auto", "closed_form", "autograd"):
+            raise ValueError(f"fvp must be 'auto', 'closed_form' or 'autograd', got {self.fvp!r}")
         if self.inner_objective not in ("reinforce", "lvc"):
             raise ValueError(f"inner_objective must be 'reinforce' or 'lvc', got {self.inner_objective!r}")
 
@@ -91,6 +109,7 @@ class MAMLTRPO:
         self.inner = inner
         self.trpo = trpo
         self.shard = None  # a TaskShard when the meta-batch is split across processes (rl_maml.distributed)
+        self.warm_direction: Tensor | None = None  # the last natural-gradient direction (trpo.cg_warm_start)
 
     def _mean(self, local: Tensor) -> Tensor:
         """The mean over the whole meta-batch of a per-rank mean over this rank's tasks."""
@@ -210,60 +229,108 @@ class MAMLTRPO:
             states = self.adapt_all(train, create_graph=False, num_tasks=M)
         if len(states) != len(train) + 1:
             raise ValueError(f"states must hold the parameters after 0..{len(train)} steps, got {len(states)} entries")
-        # Fresh leaves [M, ...] at the per-task parameters after 0..S steps.
         for st in states:
             check_per_task(self.batched, st, M, "states")
+        second_order = not self.inner.first_order
+        if self.closed_form_curvature(names):
+            # Closed-form products (rl_maml.rl.curvature); views of the states keep their layout
+            # (the initial parameters stay one tensor expanded over the tasks).
+            curvature = GaussianMLPCurvature(self.policy)
+            states = [{n: v.detach() for n, v in st.items()} for st in states]
+            inner_hvps = [curvature.inner_loss_hvp(states[s], episodes, self.trpo.inner_objective)
+                          if second_order else None for s, episodes in enumerate(train)]
+            kl_hvps = {k: curvature.kl_hvp(states[k], self.scoring_episodes(train, valid, k)) for k in scored}
+            # The chain of products for a few tasks at a time: tasks are independent, and a chunk's
+            # intermediate tensors stay in the CPU's caches (the whole batch's would not).
+            rows = max([e.per_task(e.mask).shape[1] for e in [*train, valid]])
+            size = max(1, self.CHUNK_ROWS // rows) if torch.device(valid.obs.device).type == "cpu" else M
+            task_chunks = [slice(i, min(i + size, M)) for i in range(0, M, size)]
+        else:
+            inner_hvps, kl_hvps = self._autograd_curvature(train, valid, states, names, scored, second_order)
+            task_chunks = [slice(None)]
+        adapted_names = [set(self.inner.adapted_names(s, states[s])) for s in range(len(train))]
+        shapes = [shared[n].shape for n in names]
+
+        def chain(u: Params, tasks: slice) -> Params:
+            """``J^T F' J u`` for the tasks ``tasks`` (``u`` holds their rows)."""
+            pushed = [u]  # J_{1..k} u for k = 0..S
+            for s in range(len(train)):  # u <- J_s u = u - alpha_s (H_s u) on the adapted tensors
+                if second_order:
+                    hu = inner_hvps[s](u, tasks)
+                    u = {n: u[n] - self.inner.step_size(s, n) * hu[n] if n in adapted_names[s] else u[n]
+                         for n in names}
+                pushed.append(u)
+            w = {n: torch.zeros_like(pushed[0][n]) for n in names}
+            for k in range(len(train), -1, -1):
+                if k in kl_hvps:
+                    w = {n: w[n] + f for n, f in kl_hvps[k](pushed[k], tasks).items()}
+                if k > 0 and second_order:  # w <- J_k^T w = w - H_k (alpha_k w on the adapted tensors)
+                    s = k - 1
+                    z = {n: self.inner.step_size(s, n) * w[n] if n in adapted_names[s] else torch.zeros_like(w[n])
+                         for n in names}
+                    hz = inner_hvps[s](z, tasks)
+                    w = {n: w[n] - hz[n] for n in names}
+            return w
+
+        def one_chunk(args: tuple[tuple[Tensor, ...], slice]) -> Tensor:
+            pieces, tasks = args
+            with torch.no_grad():
+                count = len(range(M)[tasks])
+                u = {n: c.view(sh).unsqueeze(0).expand(count, *sh) for n, c, sh in zip(names, pieces, shapes)}
+                w = chain(u, tasks)
+                return flat([w[n].sum(0) for n in names])
+
+        def fvp(v: Tensor) -> Tensor:
+            pieces = torch.split(v, [math.prod(sh) for sh in shapes])
+            total = None
+            for tasks in task_chunks:
+                part = one_chunk((pieces, tasks))
+                total = part if total is None else total + part
+            return total / len(scored) + damping * v
+
+        return fvp
+
+    CHUNK_ROWS = 16384
+    """Rows (steps) per chunk of tasks in the closed-form Fisher-vector products on the CPU."""
+
+    def closed_form_curvature(self, names: list[str]) -> bool:
+        """Whether the Fisher-vector products use :mod:`rl_maml.rl.curvature` (``TRPOSettings.fvp``)."""
+        if self.trpo.fvp == "autograd":
+            return False
+        ok = curvature_supports(self.policy, names)
+        if self.trpo.fvp == "closed_form" and not ok:
+            raise ValueError("trpo.fvp=closed_form needs a GaussianMLPPolicy (relu or tanh) whose parameters are all "
+                             "meta-trained; use trpo.fvp=auto or autograd for other policies")
+        return ok
+
+    def _autograd_curvature(self, train, valid, states, names, scored, second_order):
+        """Hessian-vector products of the inner losses and the KLs by double backward (any policy)."""
+        # Fresh leaves [M, ...] at the per-task parameters after 0..S steps.
         states = [{n: v.detach().clone().requires_grad_(True) for n, v in st.items()} for st in states]
-        steps = []  # (leaves before the step, gradients g_s, adapted names, step index)
+
+        def product(leaves: Params, grads: tuple[Tensor, ...]) -> Callable[[Params], Params]:
+            def hvp(u: Params, tasks: slice = slice(None)) -> Params:
+                with torch.enable_grad():
+                    dot = sum((g * u[n]).sum() for g, n in zip(grads, names))
+                    return dict(zip(names, torch.autograd.grad(dot, [leaves[n] for n in names], retain_graph=True)))
+            return hvp
+
+        inner_hvps = []
         for s, episodes in enumerate(train):
+            if not second_order:
+                inner_hvps.append(None)
+                continue
             leaf = states[s]
-            g = torch.autograd.grad(self.inner_loss(leaf, episodes).sum(), list(leaf.values()),
-                                    create_graph=not self.inner.first_order)
-            steps.append((leaf, dict(zip(names, g)), set(self.inner.adapted_names(s, leaf)), s))
-        kl_grads = {}  # step count k -> (leaves after k steps, d KL_k / d leaves, with graph)
+            g = torch.autograd.grad(self.inner_loss(leaf, episodes).sum(), [leaf[n] for n in names], create_graph=True)
+            inner_hvps.append(product(leaf, g))
+        kl_hvps = {}
         for k in scored:
             episodes = self.scoring_episodes(train, valid, k)
             mean, log_std = self.batched(states[k], episodes.per_task(episodes.obs))
             kl = _masked_task_mean(kl_divergence(mean.detach(), log_std.detach(), mean, log_std),
                                    episodes.per_task(episodes.mask)).mean()
-            kl_grads[k] = (states[k], dict(zip(names, torch.autograd.grad(kl, list(states[k].values()),
-                                                                          create_graph=True))))
-
-        def hvp(step, u: Params) -> Params:
-            leaf, grads, _, _ = step
-            dot = sum((grads[n] * u[n]).sum() for n in names)
-            return dict(zip(names, torch.autograd.grad(dot, list(leaf.values()), retain_graph=True)))
-
-        def kl_hvp(k: int, u: Params) -> Params:
-            leaves, grad_kl = kl_grads[k]
-            dot = sum((grad_kl[n] * u[n]).sum() for n in names)
-            return dict(zip(names, torch.autograd.grad(dot, list(leaves.values()), retain_graph=True)))
-
-        shapes = [shared[n].shape for n in names]
-        second_order = not self.inner.first_order
-
-        def fvp(v: Tensor) -> Tensor:
-            chunks = torch.split(v, [math.prod(sh) for sh in shapes])
-            u = {n: c.view(sh).unsqueeze(0).expand(M, *sh) for n, c, sh in zip(names, chunks, shapes)}
-            pushed = [u]  # J_{1..k} u for k = 0..S
-            for step in steps:  # u <- J_s u = u - alpha_s (H_s u) on the adapted tensors
-                if second_order:
-                    hu, adapted_names, s = hvp(step, u), step[2], step[3]
-                    u = {n: u[n] - self.inner.step_size(s, n) * hu[n] if n in adapted_names else u[n] for n in names}
-                pushed.append(u)
-            w = {n: torch.zeros_like(pushed[0][n]) for n in names}
-            for k in range(len(steps), -1, -1):
-                if k in kl_grads:
-                    w = {n: w[n] + f for n, f in kl_hvp(k, pushed[k]).items()}
-                if k > 0 and second_order:  # w <- J_k^T w = w - H_k (alpha_k w on the adapted tensors)
-                    adapted_names, s = steps[k - 1][2], steps[k - 1][3]
-                    z = {n: self.inner.step_size(s, n) * w[n] if n in adapted_names else torch.zeros_like(w[n])
-                         for n in names}
-                    hz = hvp(steps[k - 1], z)
-                    w = {n: w[n] - hz[n] for n in names}
-            return flat([w[n].sum(0) for n in names]) / len(scored) + damping * v
-
-        return fvp
+            kl_hvps[k] = product(states[k], torch.autograd.grad(kl, [states[k][n] for n in names], create_graph=True))
+        return inner_hvps, kl_hvps
 
     def meta_step(self, train: list[Episodes], valid: Episodes, adapted: list[Params] | None = None
                   ) -> dict[str, float]:
@@ -306,11 +373,20 @@ class MAMLTRPO:
             train_fvp, valid_fvp = train, valid
         local_fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping, states=adapted)
         fvp = local_fvp if self.shard is None else (lambda v: self._mean(local_fvp(v)))  # damping: weights sum to 1
-        step_dir, residual = conjugate_gradient(fvp, grads, self.trpo.cg_iters)
+        warm = self.warm_direction if self.trpo.cg_warm_start else None
+        if warm is not None and warm.shape != grads.shape:
+            warm = None
+        cg_info: dict = {}
+        step_dir, residual = conjugate_gradient(fvp, grads, self.trpo.cg_iters, x0=warm, rel_tol=self.trpo.cg_tolerance,
+                                                info=cg_info)
+        cg_logs = {"charts/cg_products": float(cg_info["products"]), "charts/cg_residual": cg_info["residual"]}
         shs = 0.5 * (step_dir @ (grads - residual))  # = x^T F x / 2, without another product
         _require_finite(step=step_dir, curvature=shs)
+        if self.trpo.cg_warm_start:
+            self.warm_direction = step_dir.detach().clone()
         if shs <= 0:
-            return {"losses/surrogate_before": loss.item(), "charts/ls_accepted": 0.0, "charts/ls_steps": 0.0}
+            return {"losses/surrogate_before": loss.item(), "charts/ls_accepted": 0.0, "charts/ls_steps": 0.0,
+                    **cg_logs}
         full_step = step_dir / torch.sqrt(shs / self.trpo.max_kl)
 
         def evaluate() -> tuple[float, float]:
@@ -330,6 +406,7 @@ class MAMLTRPO:
             "charts/ls_steps": float(steps),
             "charts/ls_accepted": float(accepted),
             "charts/step_norm": full_step.norm().item(),
+            **cg_logs,
         }
 
 

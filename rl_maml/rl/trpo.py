@@ -24,27 +24,47 @@ def set_flat_(params: Sequence[Tensor], vector: Tensor) -> None:
 
 
 def conjugate_gradient(f_Ax: Callable[[Tensor], Tensor], b: Tensor, iters: int = 10,
-                       residual_tol: float = 1e-10) -> tuple[Tensor, Tensor]:
+                       residual_tol: float = 1e-10, x0: Tensor | None = None, rel_tol: float = 0.0,
+                       info: dict | None = None) -> tuple[Tensor, Tensor]:
     """Approximately solve ``A x = b`` for symmetric positive-definite ``A`` given as ``f_Ax``.
+
+    Args:
+        iters: the most products with ``A``.
+        residual_tol: stop once ``r @ r`` falls below this (rllab's absolute test).
+        x0: start from this guess instead of zero (a warm start; costs one more product, for
+            its residual ``b - A x0``).
+        rel_tol: also stop once ``|r| <= rel_tol |b|`` (0: never; the iteration count decides).
+        info: if given, receives ``products`` (products with ``A``) and ``residual`` (``|r| / |b|``).
 
     Returns:
         ``(x, r)`` with the residual ``r = b - A x`` (kept by the iteration), so that
         ``x @ A @ x = x @ (b - r)`` costs no further product with ``A``.
     """
-    x = torch.zeros_like(b)
-    r = b.clone()
-    p = b.clone()
+    products = 0
+    if x0 is None:
+        x = torch.zeros_like(b)
+        r = b.clone()
+    else:
+        x = x0.clone()
+        r = b - f_Ax(x)
+        products += 1
+    p = r.clone()
     rdotr = r @ r
+    stop = max(residual_tol, (rel_tol ** 2) * float(b @ b))
     for _ in range(iters):
-        if rdotr < residual_tol:
+        if rdotr < stop:
             break
         Ap = f_Ax(p)
+        products += 1
         alpha = rdotr / (p @ Ap)
         x += alpha * p
         r -= alpha * Ap
         new_rdotr = r @ r
         p = r + (new_rdotr / rdotr) * p
         rdotr = new_rdotr
+    if info is not None:
+        info["products"] = products
+        info["residual"] = float(rdotr.sqrt() / b.norm().clamp(min=torch.finfo(b.dtype).tiny))
     return x, r
 
 

@@ -1,0 +1,121 @@
+"""The closed-form curvature products (rl_maml.rl.curvature) against autograd's double backward."""
+
+import pytest
+import torch
+
+from rl_maml.functional import TaskBatchedModel, expand_params, params_of
+from rl_maml.rl.adaptation import masked_task_mean, policy_gradient_loss
+from rl_maml.rl.curvature import GaussianMLPCurvature, supports
+from rl_maml.rl.episodes import Episodes
+from rl_maml.rl.policy import GaussianMLPPolicy, kl_divergence
+
+M, T, B, OBS, ACT = 3, 7, 4, 5, 2
+
+
+def _episodes(seed: int, ragged: bool = True) -> Episodes:
+    g = torch.Generator().manual_seed(seed)
+    obs = torch.randn(T, M, B, OBS, generator=g, dtype=torch.float64)
+    actions = torch.randn(T, M, B, ACT, generator=g, dtype=torch.float64)
+    mask = torch.ones(T, M, B, dtype=torch.float64)
+    if ragged:  # episodes that ended early, and one task with a single short episode left
+        lengths = torch.randint(1, T + 1, (M, B), generator=g)
+        mask = (torch.arange(T).view(T, 1, 1) < lengths).to(torch.float64)
+        mask[:, 1, 1:] = 0
+    rewards = torch.randn(T, M, B, generator=g, dtype=torch.float64) * mask
+    ep = Episodes(obs * mask.unsqueeze(-1), actions * mask.unsqueeze(-1), rewards, mask)
+    ep.advantages = torch.randn(T, M, B, generator=g, dtype=torch.float64) * mask
+    return ep
+
+
+def _policy(activation: str, seed: int = 0) -> GaussianMLPPolicy:
+    torch.manual_seed(seed)
+    return GaussianMLPPolicy(OBS, ACT, (6, 5), activation, init_std=0.7).double()
+
+
+def _per_task(policy, seed: int, shared: bool) -> dict:
+    """Per-task parameters: the policy's own expanded (stride 0), or distinct ones per task."""
+    base = params_of(policy)
+    if shared:
+        return expand_params({n: v.detach() for n, v in base.items()}, M)
+    g = torch.Generator().manual_seed(seed)
+    return {n: v.detach() + 0.3 * torch.randn(M, *v.shape, generator=g, dtype=v.dtype) for n, v in base.items()}
+
+
+def _direction(policy, seed: int, shared: bool) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    if shared:
+        return {n: torch.randn(v.shape, generator=g, dtype=v.dtype).unsqueeze(0).expand(M, *v.shape)
+                for n, v in params_of(policy).items()}
+    return {n: torch.randn(M, *v.shape, generator=g, dtype=v.dtype) for n, v in params_of(policy).items()}
+
+
+def _autograd_hvp(f, params: dict, u: dict) -> dict:
+    leaves = {n: v.detach().clone().requires_grad_(True) for n, v in params.items()}
+    grads = torch.autograd.grad(f(leaves), list(leaves.values()), create_graph=True)
+    dot = sum((g * u[n]).sum() for g, n in zip(grads, leaves))
+    return dict(zip(leaves, torch.autograd.grad(dot, list(leaves.values()))))
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("objective", ["reinforce", "lvc"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_inner_loss_hvp_equals_double_backward(activation, objective, shared):
+    policy = _policy(activation)
+    model = TaskBatchedModel(policy)
+    episodes = _episodes(1)
+    params = _per_task(policy, 2, shared)
+    u = _direction(policy, 3, shared)
+    want = _autograd_hvp(lambda p: policy_gradient_loss(model, p, episodes, objective).sum(), params, u)
+    got = GaussianMLPCurvature(policy).inner_loss_hvp(params, episodes, objective)(u)
+    assert set(got) == set(want)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_kl_hvp_equals_double_backward(activation, shared):
+    policy = _policy(activation)
+    model = TaskBatchedModel(policy)
+    episodes = _episodes(4)
+    params = _per_task(policy, 5, shared)
+    u = _direction(policy, 6, shared)
+    obs, mask = episodes.per_task(episodes.obs), episodes.per_task(episodes.mask)
+
+    def kl(p):
+        mean, log_std = model(p, obs)
+        return masked_task_mean(kl_divergence(mean.detach(), log_std.detach(), mean, log_std), mask).mean()
+
+    want = _autograd_hvp(kl, params, u)
+    got = GaussianMLPCurvature(policy).kl_hvp(params, episodes)(u)
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_clamped_log_std_has_no_curvature():
+    policy = _policy("relu")
+    with torch.no_grad():
+        policy.log_std[0] = policy.min_log_std - 1.0  # below the clamp: the loss does not depend on it
+    model = TaskBatchedModel(policy)
+    episodes = _episodes(7, ragged=False)
+    params = _per_task(policy, 8, shared=True)
+    u = _direction(policy, 9, shared=False)
+    want = _autograd_hvp(lambda p: policy_gradient_loss(model, p, episodes).sum(), params, u)
+    got = GaussianMLPCurvature(policy).inner_loss_hvp(params, episodes)(u)
+    assert (got["log_std"][:, 0] == 0).all()
+    for n in want:
+        torch.testing.assert_close(got[n], want[n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_supports_only_the_gaussian_mlp_policy_with_all_its_parameters():
+    policy = _policy("relu")
+    names = [n for n, _ in policy.named_parameters()]
+    assert supports(policy, names)
+    assert not supports(policy, names[1:])  # a frozen tensor: the autograd products handle it
+
+    class Other(GaussianMLPPolicy):
+        pass
+
+    assert not supports(Other(OBS, ACT), names)
+    with pytest.raises(ValueError, match="GaussianMLPPolicy"):
+        GaussianMLPCurvature(torch.nn.Linear(2, 2))
