@@ -13,6 +13,7 @@ the meta-step run on the GPU; MuJoCo always steps on the CPU.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
 
@@ -25,8 +26,8 @@ from rl_maml.experiments.sinusoid import resolve_device
 from rl_maml.config import ConfigError, from_dict
 
 
-def raw_rate(num_envs: int, steps: int = 100) -> float:
-    env = make_batched("HalfCheetahVel", num_envs)
+def raw_rate(env_name: str, num_envs: int, steps: int = 100) -> float:
+    env = make_batched(env_name, num_envs)
     rng = np.random.default_rng(0)
     env.reset(env.sample_tasks(num_envs, rng), seeds=0)
     actions = torch.as_tensor(rng.standard_normal((steps, num_envs, env.act_dim)), dtype=torch.float32)
@@ -68,23 +69,79 @@ def fvp_costs(agent, repeats: int = 3) -> tuple[float, float]:
     return out[0], out[1]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--iterations", type=int, default=3)
-    ap.add_argument("--tasks", type=int, default=40)
-    ap.add_argument("--episodes", type=int, default=20)
-    ap.add_argument("--cg-iters", type=int, default=10)
-    ap.add_argument("--fvp-subsample", type=float, default=1.0, help="fraction of episodes for Fisher products")
-    ap.add_argument("--device", default="cpu", help="torch device of the policy and the meta-step: cpu, cuda or auto")
-    args = ap.parse_args()
-    try:
-        device = resolve_device(args.device, option="--device")
-    except ConfigError as e:  # not a device, or CUDA asked for but absent
-        ap.error(str(e))
+def product_rate(agent, repeats: int = 3) -> dict[str, float]:
+    """One exact Fisher-vector product (the meta-step's own: closed form where it applies): seconds,
+    FLOPs counted by ``FlopCounterMode`` and their rate, beside a plain ``bmm`` of the policy's
+    hidden-layer shapes ``[M, K, H] x [M, H, H]`` timed the same way."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = agent.meta
+    tasks = agent.sample_tasks(0)
+    train = [agent._sample(meta.initial_params(agent.M), tasks, 0, 0)]
+    adapted = meta.adapt_all(train)
+    valid = agent._sample(adapted[-1], tasks, 0, "valid")
+    params = list(meta.policy.parameters())
+    v = torch.randn(sum(p.numel() for p in params), device=agent.device)
+    fvp = meta.fisher_vector_product(train, valid, 1e-5, states=adapted)
+    fvp(v)
+    with FlopCounterMode(display=False) as counter:
+        fvp(v)
+    seconds = _best(lambda: fvp(v), agent.device, repeats)
+    M, K = valid.num_tasks, valid.per_task(valid.mask).shape[1]
+    H = meta.policy.hidden_sizes[-1]
+    a = torch.randn(M, K, H, device=agent.device)
+    b = torch.randn(M, H, H, device=agent.device)
+    bmm_seconds = _best(lambda: torch.bmm(a, b), agent.device, 10)
+    flops = counter.get_total_flops()
+    return {"seconds": seconds, "gflop": flops / 1e9, "rate": flops / seconds / 1e9,
+            "bmm_rate": 2 * M * K * H * H / bmm_seconds / 1e9, "bmm_shape": f"[{M}, {K}, {H}] x [{M}, {H}, {H}]"}
+
+
+def _best(fn, device: torch.device, repeats: int) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _busy_loop() -> None:  # pragma: no cover - runs in a child process until terminated
+    while True:
+        pass
+
+
+class Contention:
+    """``count`` busy-loop processes for the duration of a ``with`` block (stopped on exit, errors included)."""
+
+    def __init__(self, count: int):
+        self.count = count
+        self.procs = []
+
+    def __enter__(self):
+        ctx = multiprocessing.get_context("spawn")
+        self.procs = [ctx.Process(target=_busy_loop, daemon=True) for _ in range(self.count)]
+        for p in self.procs:
+            p.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            p.join()
+
+
+def measure(args, device: torch.device) -> dict:
+    """Median phase times over ``args.iterations`` iterations after a warm-up, and the meta-step's own figures."""
     cfg = from_dict(MetaRLConfig, {
-        "env": {"name": "HalfCheetahVel", "convention": "gym"},
-        "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes},
-        "trpo": {"cg_iters": args.cg_iters, "fvp_subsample": args.fvp_subsample},
+        "env": {"name": args.env, "convention": "gym"},
+        "trpo": {"cg_iters": args.cg_iters, "fvp_subsample": args.fvp_subsample, "fvp": args.fvp},
+        "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes,
+                  "meta_step_threads": args.meta_step_threads},
     })
     torch.set_num_threads(cfg.train.num_threads)
     agent = build_agent(cfg, device)
@@ -93,26 +150,76 @@ def main() -> None:
     def med(key: str) -> float:
         return statistics.median(r[key] for r in rows)
 
-    total = med("time/sampling_s") + med("time/adapting_s") + med("time/meta_step_s")
-    steps = med("charts/env_steps")
-    raw = raw_rate(args.tasks * args.episodes)
-    torch.set_num_threads(agent.meta_step_threads)
-    generic, structured = fvp_costs(agent)
-    torch.set_num_threads(cfg.train.num_threads)
-    print(f"HalfCheetahVel, gym convention, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
-          f"torch threads {torch.get_num_threads()} sampling / {agent.meta_step_threads} meta-step, "
-          f"fvp_subsample {args.fvp_subsample}, device {device}; median of {args.iterations} iterations")
-    print("| phase | seconds | share |")
-    print("|---|---|---|")
+    out = {k: med(k) for k in ("time/sampling_s", "time/adapting_s", "time/meta_step_s", "charts/env_steps",
+                               "charts/cg_products", "charts/cg_residual")}
+    out["total"] = out["time/sampling_s"] + out["time/adapting_s"] + out["time/meta_step_s"]
+    out["meta_step_threads"] = agent.meta_step_threads
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--env", default="HalfCheetahVel", help="a MuJoCo family (gym convention)")
+    ap.add_argument("--tasks", type=int, default=40)
+    ap.add_argument("--episodes", type=int, default=20)
+    ap.add_argument("--cg-iters", type=int, default=10)
+    ap.add_argument("--fvp-subsample", type=float, default=1.0, help="fraction of episodes for Fisher products")
+    ap.add_argument("--fvp", default="auto", choices=["auto", "closed_form", "autograd"],
+                    help="how Fisher-vector products are computed (trpo.fvp)")
+    ap.add_argument("--meta-step-threads", type=int, default=0,
+                    help="train.meta_step_threads (0: the cores other processes leave free)")
+    ap.add_argument("--contend", type=int, default=0,
+                    help="also measure with this many busy-loop processes running beside (started and stopped here)")
+    ap.add_argument("--device", default="cpu", help="torch device of the policy and the meta-step: cpu, cuda or auto")
+    args = ap.parse_args()
+    try:
+        device = resolve_device(args.device, option="--device")
+    except ConfigError as e:  # not a device, or CUDA asked for but absent
+        ap.error(str(e))
+    runs = {"alone": measure(args, device)}
+    if args.contend:
+        with Contention(args.contend):
+            runs[f"{args.contend} busy process(es) beside"] = measure(args, device)
+    raw = raw_rate(args.env, args.tasks * args.episodes)
+    alone = runs["alone"]
+    torch.set_num_threads(alone["meta_step_threads"])
+    rates = product_rate(build_agent(from_dict(MetaRLConfig, {
+        "env": {"name": args.env, "convention": "gym"},
+        "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes},
+        "trpo": {"fvp": args.fvp}}), device))
+    generic, structured = fvp_costs(build_agent(from_dict(MetaRLConfig, {
+        "env": {"name": args.env, "convention": "gym"},
+        "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes},
+        "trpo": {"fvp": "autograd"}}), device))
+    print(f"{args.env}, gym convention, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
+          f"fvp {args.fvp}, fvp_subsample {args.fvp_subsample}, cg_iters {args.cg_iters}, meta_step_threads {args.meta_step_threads}, "
+          f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
+    names = list(runs)
+    print("| phase | " + " | ".join(f"{n}: seconds | share" for n in names) + " |")
+    print("|---|" + "---|---|" * len(names))
     for key, label in (("time/sampling_s", "sampling (train + valid)"), ("time/adapting_s", "inner update"),
                        ("time/meta_step_s", "TRPO meta-step")):
-        print(f"| {label} | {med(key):.2f} | {med(key) / total:.0%} |")
-    print(f"| whole iteration | {total:.2f} | |")
-    print(f"\nenv steps per iteration: {steps:,.0f}; iteration: {steps / total:,.0f} env steps/s; "
-          f"batched stepper raw (N = {args.tasks * args.episodes}): {raw:,.0f} env steps/s; "
-          f"ratio {steps / total / raw:.0%}")
-    print(f"one Fisher-vector product on all episodes ({agent.meta_step_threads} threads): autograd through the "
-          f"whole graph {generic:.2f} s, structured J^T F' J {structured:.2f} s ({generic / structured:.1f}x)")
+        print(f"| {label} | " + " | ".join(f"{runs[n][key]:.2f} | {runs[n][key] / runs[n]['total']:.0%}"
+                                          for n in names) + " |")
+    print("| whole iteration | " + " | ".join(f"{runs[n]['total']:.2f} | " for n in names) + " |")
+    print("| iteration env steps/s | " + " | ".join(f"{runs[n]['charts/env_steps'] / runs[n]['total']:,.0f} | "
+                                                   for n in names) + " |")
+    print("| share of the stepper's raw rate | " + " | ".join(
+        f"{runs[n]['charts/env_steps'] / runs[n]['total'] / raw:.0%} | " for n in names) + " |")
+    print("| CG products, final residual |g - Fx|/|g| | " + " | ".join(
+        f"{runs[n]['charts/cg_products']:.0f}, {runs[n]['charts/cg_residual']:.1e} | " for n in names) + " |")
+    print(f"\nbatched stepper raw (N = {args.tasks * args.episodes}): {raw:,.0f} env steps/s")
+    if args.contend:
+        n = names[1]
+        print(f"with {n}: iteration {runs[n]['total'] / alone['total']:.2f}x its time alone")
+    print(f"one exact Fisher-vector product ({alone['meta_step_threads']} threads, fvp {args.fvp}): "
+          f"{rates['seconds'] * 1000:.0f} ms, {rates['gflop']:.2f} GFLOP at {rates['rate']:.1f} GFLOP/s; plain bmm "
+          f"{rates['bmm_shape']}: {rates['bmm_rate']:.1f} GFLOP/s; products at {rates['rate'] / rates['bmm_rate']:.0%} "
+          "of the bmm rate")
+    print(f"one Fisher-vector product by autograd: through the whole graph {generic:.2f} s, structured J^T F' J "
+          f"{structured:.2f} s; closed form {rates['seconds']:.2f} s ({structured / rates['seconds']:.1f}x the "
+          "structured autograd product)")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,12 @@ import importlib
 
 __version__ = "0.1.0"
 
+# OpenMP's wait policy must be set before torch loads (rl_maml.runtime; a wait policy of your own
+# wins), and the allocator is tuned here too when RL_MAML_TUNE_MALLOC=1.
+from rl_maml import runtime as _runtime  # noqa: E402
+
+_runtime.apply()
+
 # Register the meta-environments with Gymnasium (cheap: no MuJoCo import happens here).
 from rl_maml.envs import registration as _registration  # noqa: E402,F401
 

@@ -34,8 +34,11 @@ def provenance(device: str | None = None) -> dict[str, Any]:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    from rl_maml import runtime
+
     out: dict[str, Any] = {"packages": versions, "python": platform.python_version(),
-                           "platform": platform.platform(), "git_commit": git_commit()}
+                           "platform": platform.platform(), "git_commit": git_commit(),
+                           "runtime": runtime.apply()}
     if device is not None:
         out["device"] = device
         if str(device).startswith("cuda"):

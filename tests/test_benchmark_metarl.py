@@ -17,12 +17,17 @@ def run(monkeypatch, capsys, *args: str) -> str:
 
 
 def test_tiny_benchmark_reports_the_phases_and_the_ratio(monkeypatch, capsys):
-    out = run(monkeypatch, capsys, "--iterations", "1", "--tasks", "2", "--episodes", "1", "--device", "cpu")
-    shares = [int(s) for s in re.findall(r"\| (\d+)% \|", out)]
-    assert len(shares) == 3 and 98 <= sum(shares) <= 102  # sampling, inner update, meta-step
-    # 2 tasks x 1 episode x horizon 100 ('gym' convention), training and validation episodes.
-    assert "env steps per iteration: 400;" in out
-    assert re.search(r"ratio \d+%", out) and "device cpu" in out
+    out = run(monkeypatch, capsys, "--iterations", "1", "--tasks", "2", "--episodes", "1", "--device", "cpu",
+              "--contend", "1")
+    phases = [line for line in out.splitlines() if line.startswith(("| sampling", "| inner update", "| TRPO"))]
+    shares = [[int(s) for s in re.findall(r"\| (\d+)% ", line)] for line in phases]
+    assert len(shares) == 3 and all(len(s) == 2 for s in shares)  # alone and with a busy process beside
+    assert 98 <= sum(s[0] for s in shares) <= 102 and 98 <= sum(s[1] for s in shares) <= 102
+    assert "1 busy process(es) beside: seconds" in out and re.search(r"iteration \d+\.\d\dx its time alone", out)
+    # 2 tasks x 1 episode x horizon 100 ('gym' convention), training and validation episodes: 400 steps.
+    assert re.search(r"\| share of the stepper's raw rate \| \d+% \|", out) and "device cpu" in out
+    assert re.search(r"\| CG products, final residual .* \| 10, \d\.\de[-+]\d\d \|", out)
+    assert re.search(r"products at \d+% of the bmm rate", out)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error raised without CUDA")

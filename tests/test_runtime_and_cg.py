@@ -1,0 +1,111 @@
+"""Process settings (rl_maml.runtime), conjugate gradient's warm start and tolerance, and the
+closed-form Fisher-vector products inside the meta-step."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from rl_maml import runtime
+from rl_maml.inner import ConstantStepSize, InnerLoop
+from rl_maml.rl.episodes import Episodes
+from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
+from rl_maml.rl.policy import GaussianMLPPolicy
+from rl_maml.rl.trpo import conjugate_gradient
+
+
+def _spd(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(n, n, generator=g, dtype=torch.float64)
+    return a @ a.T + 0.5 * torch.eye(n, dtype=torch.float64)
+
+
+def test_openmp_wait_policy_is_set_only_when_the_user_chose_none():
+    env = {}
+    assert runtime.configure_openmp_wait(env) == runtime.SPINCOUNT and env["GOMP_SPINCOUNT"] == runtime.SPINCOUNT
+    for mine in ({"OMP_WAIT_POLICY": "PASSIVE"}, {"GOMP_SPINCOUNT": "0"}):
+        env = dict(mine)
+        assert runtime.configure_openmp_wait(env) is None and env == mine
+
+
+def test_importing_rl_maml_sets_the_wait_policy_before_torch_loads():
+    code = ("import os, rl_maml, torch; print(os.environ.get('GOMP_SPINCOUNT')); "
+            "print(rl_maml._runtime.apply()['malloc_tuned'])")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    env.pop("RL_MAML_TUNE_MALLOC", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == [runtime.SPINCOUNT, "False"]  # the allocator is an opt-in
+    env["RL_MAML_TUNE_MALLOC"], env["OMP_WAIT_POLICY"] = "1", "PASSIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["None", "True" if sys.platform.startswith("linux") else "False"]
+
+
+def test_conjugate_gradient_warm_start_and_relative_tolerance():
+    A, b = _spd(12, 0), torch.randn(12, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    exact = torch.linalg.solve(A, b)
+    info = {}
+    x, r = conjugate_gradient(lambda v: A @ v, b, iters=50, residual_tol=0.0, rel_tol=1e-3, info=info)
+    assert info["residual"] <= 1e-3 and info["products"] < 12
+    torch.testing.assert_close(r, b - A @ x)
+    # From the exact solution the residual is already zero: one product (for it), no iteration.
+    info = {}
+    x, _ = conjugate_gradient(lambda v: A @ v, b, iters=10, residual_tol=1e-20, x0=exact, info=info)
+    assert info["products"] == 1 and torch.allclose(x, exact)
+    # An ill-conditioned system: a warm start near the solution needs far fewer products than a
+    # cold start for the same tolerance (what the previous meta-step's direction offers).
+    g = torch.Generator().manual_seed(3)
+    q, _ = torch.linalg.qr(torch.randn(200, 200, generator=g, dtype=torch.float64))
+    A = q @ torch.diag(torch.logspace(0, 4, 200, dtype=torch.float64)) @ q.T
+    b = torch.randn(200, generator=g, dtype=torch.float64)
+    exact = torch.linalg.solve(A, b)
+    near = exact * (1 + 1e-4 * torch.randn(200, generator=g, dtype=torch.float64))
+    cold, warm = {}, {}
+    conjugate_gradient(lambda v: A @ v, b, iters=300, residual_tol=0.0, rel_tol=1e-3, info=cold)
+    conjugate_gradient(lambda v: A @ v, b, iters=300, residual_tol=0.0, rel_tol=1e-3, x0=near, info=warm)
+    assert warm["residual"] <= 1e-3 and cold["residual"] <= 1e-3
+    assert warm["products"] < cold["products"] / 2
+
+
+def test_trpo_settings_check_the_new_options():
+    with pytest.raises(ValueError, match="cg_tolerance"):
+        TRPOSettings(cg_tolerance=1.0)
+    with pytest.raises(ValueError, match="fvp must be"):
+        TRPOSettings(fvp="fast")
+
+
+def tiny_episodes(seed, T=6, M=3, B=3):
+    g = torch.Generator().manual_seed(seed)
+    mask = torch.ones(T, M, B, dtype=torch.float64)
+    mask[4:, 0, 1] = 0
+    eps = Episodes(torch.randn(T, M, B, 2, generator=g, dtype=torch.float64),
+                   torch.randn(T, M, B, 2, generator=g, dtype=torch.float64),
+                   torch.randn(T, M, B, generator=g, dtype=torch.float64) * mask, mask)
+    eps.advantages = torch.randn(T, M, B, generator=g, dtype=torch.float64) * mask
+    return eps
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_meta_step_is_the_same_with_closed_form_and_autograd_products(activation):
+    """The whole meta-step (CG, line search) in float64 gives the same parameters either way."""
+    out = {}
+    for method in ("closed_form", "autograd"):
+        torch.manual_seed(0)
+        policy = GaussianMLPPolicy(2, 2, (8, 6), activation).double()
+        meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.2), 1), TRPOSettings(fvp=method, max_kl=0.05))
+        train, valid = [tiny_episodes(seed=1)], tiny_episodes(seed=2)
+        logs = meta.meta_step(train, valid)
+        out[method] = (torch.cat([p.detach().flatten() for p in policy.parameters()]), logs)
+    # CG with the default damping (1e-5) amplifies rounding: 1e-10 apart per product, about 1e-9 here
+    torch.testing.assert_close(out["closed_form"][0], out["autograd"][0], rtol=1e-6, atol=1e-8)
+    assert out["closed_form"][1]["charts/cg_products"] == 10
+
+
+def test_closed_form_is_refused_for_a_policy_it_does_not_cover():
+    policy = GaussianMLPPolicy(2, 2, (4,))
+    policy.log_std.requires_grad_(False)  # not meta-trained: the closed form assumes every tensor is
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.1), 1), TRPOSettings(fvp="closed_form"))
+    with pytest.raises(ValueError, match="trpo.fvp=closed_form"):
+        meta.closed_form_curvature(list(meta.params()))
+    auto = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.1), 1), TRPOSettings(fvp="auto"))
+    assert not auto.closed_form_curvature(list(auto.params()))
