@@ -101,6 +101,12 @@ def latest_checkpoint(folder: Path) -> Path | None:
 
 
 def prune_checkpoints(folder: Path, keep: int) -> None:
-    """Delete all but the ``keep`` newest checkpoints."""
+    """Delete all but the ``keep`` newest checkpoints, and the temporary files of checkpoint writes
+    that a killed process left behind (the caller holds the run folder's lock and has finished its
+    own write, so any such file is stale)."""
     for _, path in list_checkpoints(folder)[:-keep] if keep > 0 else []:
         path.unlink(missing_ok=True)
+    folder = Path(folder)
+    if folder.is_dir():
+        for path in folder.glob(".iter_*.pt.*.tmp"):
+            path.unlink(missing_ok=True)

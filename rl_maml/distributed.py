@@ -15,6 +15,7 @@ With one process (no ``torchrun``) :func:`context` returns ``None`` and nothing 
 
 from __future__ import annotations
 
+import atexit
 import os
 from dataclasses import dataclass
 
@@ -123,7 +124,19 @@ def context(total_tasks: int, device: torch.device | str = "cpu") -> TaskShard |
         if cuda:  # one GPU per process: "cuda" then means this node's GPU LOCAL_RANK
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend="nccl" if cuda else "gloo")
+        atexit.register(_shutdown)
     return shard_of(total_tasks, rank, world_size)
+
+
+def _shutdown() -> None:
+    """Tear the process group down in order at exit: left to the interpreter's teardown, a gloo
+    rank could abort ("terminate called without an active exception") while its peer still
+    talked to it."""
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - a peer that died first; nothing left to save at exit
+            pass
 
 
 def shard_learners(learners, shard: TaskShard | None) -> None:

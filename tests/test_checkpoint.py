@@ -88,3 +88,17 @@ def test_listing_and_pruning(tmp_path):
     prune_checkpoints(tmp_path, keep=2)
     assert [i for i, _ in list_checkpoints(tmp_path)] == [10, 30]
     assert latest_checkpoint(tmp_path / "absent") is None
+
+
+def test_pruning_removes_what_a_killed_checkpoint_write_left(tmp_path):
+    """kill -9 between mkstemp and os.replace leaves a hidden temporary file; the next write's
+    pruning (by the process holding the run folder's lock) removes it, and nothing else."""
+    stale = tmp_path / ".iter_0000004.pt.abc123.tmp"
+    stale.write_bytes(b"half a checkpoint")
+    other = tmp_path / ".keep-me.tmp"
+    other.write_bytes(b"not ours")
+    for it in (4, 5):
+        checkpoint_path(tmp_path, it).write_bytes(b"x")
+    prune_checkpoints(tmp_path, keep=3)
+    assert not stale.exists() and other.exists()
+    assert [i for i, _ in list_checkpoints(tmp_path)] == [4, 5]

@@ -316,10 +316,12 @@ def test_kill_9_at_50_random_points(tmp_path):
 
 
 def _signal_once_training(proc: subprocess.Popen, run: Path, sig: int, after: float) -> None:
-    """Send ``sig`` ``after`` seconds after the training's logger started (its tb/ folder exists)."""
+    """Send ``sig`` ``after`` seconds after the training's logger started (its tb/ folder exists;
+    the signal handlers come a moment later). Keep ``after`` short: 200 tiny iterations take
+    about a second on a 2-core CPU, and a signal after the end tests nothing."""
     deadline = time.time() + 60
     while not (run / "tb").is_dir() and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.002)
     time.sleep(after)
     proc.send_signal(sig)
 
@@ -328,7 +330,7 @@ def test_ctrl_c_checkpoints_the_finished_iteration_and_resume_equals_an_uninterr
     run = tmp_path / "run"
     proc = start_training(run, *[o for o in FAULT if not o.startswith("train.checkpoint_every")],
                           "train.checkpoint_every=1000")
-    _signal_once_training(proc, run, signal.SIGINT, after=1.0)
+    _signal_once_training(proc, run, signal.SIGINT, after=0.1)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "interrupted by SIGINT after iteration" in err and "--resume" in err
@@ -343,7 +345,7 @@ def test_ctrl_c_checkpoints_the_finished_iteration_and_resume_equals_an_uninterr
 def test_sigterm_stops_cleanly_too(tmp_path):
     run = tmp_path / "run"
     proc = start_training(run, "train.num_iterations=100000", "train.checkpoint_every=1000", *SINUSOID)
-    _signal_once_training(proc, run, signal.SIGTERM, after=2.0)
+    _signal_once_training(proc, run, signal.SIGTERM, after=0.1)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "interrupted by SIGTERM" in err
     assert len(list_checkpoints(run / "checkpoints")) == 1
