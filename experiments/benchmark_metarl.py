@@ -1,13 +1,19 @@
 """Time one MAML-TRPO meta-iteration of HalfCheetahVel at the standard size, split by phase.
 
     python -m rl_maml.experiments.benchmark_metarl [--iterations 3] [--tasks 40] [--episodes 20] [--device cpu]
+    python -m rl_maml.experiments.benchmark_metarl --contend 1        # also beside one busy process
+    python -m rl_maml.experiments.benchmark_metarl --workload navigation  # the MAML paper's 2D navigation
 
 40 tasks x 20 episodes, ``gym`` convention (horizon 100), 2x100 ReLU policy, one inner step:
 160,000 env steps per iteration (training and validation episodes). Reports the median over
 ``--iterations`` iterations (after one warm-up) of the seconds spent sampling, adapting and in the
 TRPO meta-step, and the whole iteration's env steps per second beside the batched stepper's raw
-rate at N = 800, measured in the same run. With ``--device cuda`` the policy, the inner update and
-the meta-step run on the GPU; MuJoCo always steps on the CPU.
+rate at N = 800, measured in the same run; the split again with ``--contend N`` busy-loop
+processes beside (started and stopped by the benchmark); conjugate gradient's products and final
+residual; and one exact Fisher-vector product's time, FLOPs and rate (``FlopCounterMode``) beside
+a plain ``bmm`` of the policy's hidden-layer shapes, and beside the autograd products. With
+``--device cuda`` the policy, the inner update and the meta-step run on the GPU; MuJoCo always
+steps on the CPU.
 """
 
 from __future__ import annotations
@@ -135,15 +141,31 @@ class Contention:
             p.join()
 
 
-def measure(args, device: torch.device) -> dict:
-    """Median phase times over ``args.iterations`` iterations after a warm-up, and the meta-step's own figures."""
-    cfg = from_dict(MetaRLConfig, {
+NAVIGATION_PAPER = ["inner.num_inner_steps=1", "inner.step_scales=[1.0]", "trpo.surrogate_steps=final",
+                    "trpo.inner_objective=reinforce", "trpo.fvp_subsample=1.0"]
+"""Overrides of the ``navigation`` preset that give the MAML paper's workload: 20 tasks x 20
+episodes, one inner step, REINFORCE, exact curvature, 10 CG iterations."""
+
+
+def config(args):
+    if args.workload == "navigation":
+        from rl_maml.api import load_config
+
+        return load_config("navigation", [*NAVIGATION_PAPER, f"trpo.cg_iters={args.cg_iters}", f"trpo.fvp={args.fvp}",
+                                          f"train.meta_step_threads={args.meta_step_threads}"])
+    return from_dict(MetaRLConfig, {
         "env": {"name": args.env, "convention": "gym"},
         "trpo": {"cg_iters": args.cg_iters, "fvp_subsample": args.fvp_subsample, "fvp": args.fvp},
         "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes,
                   "meta_step_threads": args.meta_step_threads},
     })
-    torch.set_num_threads(cfg.train.num_threads)
+
+
+def measure(args, device: torch.device) -> dict:
+    """Median phase times over ``args.iterations`` iterations after a warm-up, and the meta-step's own figures."""
+    cfg = config(args)
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
     agent = build_agent(cfg, device)
     rows = [agent.train_step(i) for i in range(args.iterations + 1)][1:]
 
@@ -160,6 +182,8 @@ def measure(args, device: torch.device) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--workload", default="mujoco", choices=["mujoco", "navigation"],
+                    help="mujoco: --env at --tasks x --episodes; navigation: the MAML paper's 2D-navigation workload")
     ap.add_argument("--env", default="HalfCheetahVel", help="a MuJoCo family (gym convention)")
     ap.add_argument("--tasks", type=int, default=40)
     ap.add_argument("--episodes", type=int, default=20)
@@ -181,20 +205,23 @@ def main() -> None:
     if args.contend:
         with Contention(args.contend):
             runs[f"{args.contend} busy process(es) beside"] = measure(args, device)
-    raw = raw_rate(args.env, args.tasks * args.episodes)
+    navigation = args.workload == "navigation"
+    raw = None if navigation else raw_rate(args.env, args.tasks * args.episodes)
     alone = runs["alone"]
     torch.set_num_threads(alone["meta_step_threads"])
-    rates = product_rate(build_agent(from_dict(MetaRLConfig, {
-        "env": {"name": args.env, "convention": "gym"},
-        "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes},
-        "trpo": {"fvp": args.fvp}}), device))
-    generic, structured = fvp_costs(build_agent(from_dict(MetaRLConfig, {
-        "env": {"name": args.env, "convention": "gym"},
-        "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes},
-        "trpo": {"fvp": "autograd"}}), device))
-    print(f"{args.env}, gym convention, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
-          f"fvp {args.fvp}, fvp_subsample {args.fvp_subsample}, cg_iters {args.cg_iters}, meta_step_threads {args.meta_step_threads}, "
-          f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
+    exact = argparse.Namespace(**{**vars(args), "fvp_subsample": 1.0})
+    rates = product_rate(build_agent(config(exact), device))
+    generic, structured = fvp_costs(build_agent(config(argparse.Namespace(**{**vars(exact), "fvp": "autograd"})),
+                                                device))
+    if navigation:
+        print("2D navigation with the MAML paper's workload (20 tasks x 20 episodes, one inner step, REINFORCE, "
+              f"exact curvature), fvp {args.fvp}, cg_iters {args.cg_iters}, torch {torch.__version__}, device "
+              f"{device}; median of {args.iterations} iterations")
+    else:
+        print(f"{args.env}, gym convention, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
+              f"fvp {args.fvp}, fvp_subsample {args.fvp_subsample}, cg_iters {args.cg_iters}, "
+              f"meta_step_threads {args.meta_step_threads}, "
+              f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
     names = list(runs)
     print("| phase | " + " | ".join(f"{n}: seconds | share" for n in names) + " |")
     print("|---|" + "---|---|" * len(names))
@@ -205,11 +232,13 @@ def main() -> None:
     print("| whole iteration | " + " | ".join(f"{runs[n]['total']:.2f} | " for n in names) + " |")
     print("| iteration env steps/s | " + " | ".join(f"{runs[n]['charts/env_steps'] / runs[n]['total']:,.0f} | "
                                                    for n in names) + " |")
-    print("| share of the stepper's raw rate | " + " | ".join(
-        f"{runs[n]['charts/env_steps'] / runs[n]['total'] / raw:.0%} | " for n in names) + " |")
+    if raw is not None:
+        print("| share of the stepper's raw rate | " + " | ".join(
+            f"{runs[n]['charts/env_steps'] / runs[n]['total'] / raw:.0%} | " for n in names) + " |")
     print("| CG products, final residual |g - Fx|/|g| | " + " | ".join(
         f"{runs[n]['charts/cg_products']:.0f}, {runs[n]['charts/cg_residual']:.1e} | " for n in names) + " |")
-    print(f"\nbatched stepper raw (N = {args.tasks * args.episodes}): {raw:,.0f} env steps/s")
+    if raw is not None:
+        print(f"\nbatched stepper raw (N = {args.tasks * args.episodes}): {raw:,.0f} env steps/s")
     if args.contend:
         n = names[1]
         print(f"with {n}: iteration {runs[n]['total'] / alone['total']:.2f}x its time alone")

@@ -43,3 +43,9 @@ def test_a_malformed_device_is_a_clear_error(monkeypatch, capsys):
         run(monkeypatch, capsys, "--device", "gpu")
     assert exit_info.value.code == 2
     assert "--device 'gpu' is not a torch device" in capsys.readouterr().err
+
+
+def test_navigation_workload_reports_its_split_without_a_stepper(monkeypatch, capsys):
+    out = run(monkeypatch, capsys, "--workload", "navigation", "--iterations", "1", "--cg-iters", "2")
+    assert "2D navigation with the MAML paper's workload" in out and "raw" not in out
+    assert re.search(r"\| CG products, final residual .* \| 2, ", out)
