@@ -16,13 +16,12 @@ ReLU Gaussian policy: HalfCheetah's sizes by default). Each method computes the 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from torch.func import grad, jvp
 
 from rl_maml.functional import TaskBatchedModel, params_of
+from rl_maml.patterns import time_adaptation
 from rl_maml.rl.adaptation import policy_gradient_loss
 from rl_maml.rl.curvature import GaussianMLPCurvature
 from rl_maml.rl.episodes import Episodes
@@ -30,13 +29,7 @@ from rl_maml.rl.policy import GaussianMLPPolicy
 
 
 def _median_ms(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1000 * statistics.median(times)
+    return 1000 * time_adaptation(fn, repeats, warmup=1)
 
 
 def run(tasks: int, steps: int, obs: int, act: int, repeats: int, seed: int = 0) -> dict[str, float]:

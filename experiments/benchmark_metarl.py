@@ -30,6 +30,7 @@ from rl_maml.experiments.metarl import MetaRLConfig, build_agent
 from rl_maml.experiments.sinusoid import resolve_device
 
 from rl_maml.config import ConfigError, from_dict
+from rl_maml.patterns import time_adaptation
 
 
 def raw_rate(env_name: str, num_envs: int, steps: int = 100) -> float:
@@ -92,27 +93,20 @@ def product_rate(agent, repeats: int = 3) -> dict[str, float]:
     fvp(v)
     with FlopCounterMode(display=False) as counter:
         fvp(v)
-    seconds = _best(lambda: fvp(v), agent.device, repeats)
+    seconds = _median_s(lambda: fvp(v), agent.device, repeats)
     M, K = valid.num_tasks, valid.per_task(valid.mask).shape[1]
     H = meta.policy.hidden_sizes[-1]
     a = torch.randn(M, K, H, device=agent.device)
     b = torch.randn(M, H, H, device=agent.device)
-    bmm_seconds = _best(lambda: torch.bmm(a, b), agent.device, 10)
+    bmm_seconds = _median_s(lambda: torch.bmm(a, b), agent.device, 10)
     flops = counter.get_total_flops()
     return {"seconds": seconds, "gflop": flops / 1e9, "rate": flops / seconds / 1e9,
             "bmm_rate": 2 * M * K * H * H / bmm_seconds / 1e9, "bmm_shape": f"[{M}, {K}, {H}] x [{M}, {H}, {H}]"}
 
 
-def _best(fn, device: torch.device, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+def _median_s(fn, device: torch.device, repeats: int) -> float:
+    """Median seconds of ``fn()`` after one warm-up (each call ends with a device sync)."""
+    return time_adaptation(lambda: (fn(), _sync(device)), repeats, warmup=1)
 
 
 def _busy_loop() -> None:  # pragma: no cover - runs in a child process until terminated

@@ -119,3 +119,22 @@ def test_supports_only_the_gaussian_mlp_policy_with_all_its_parameters():
     assert not supports(Other(OBS, ACT), names)
     with pytest.raises(ValueError, match="GaussianMLPPolicy"):
         GaussianMLPCurvature(torch.nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 60])
+def test_fisher_products_in_task_chunks_equal_the_whole_batch(monkeypatch, chunk_rows):
+    """The chain J^T F' J runs a few tasks at a time; any chunking gives the whole batch's product."""
+    from rl_maml.inner import ConstantStepSize, InnerLoop
+    from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
+
+    policy = _policy("tanh")
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), 2),
+                    TRPOSettings(surrogate_steps="every", inner_objective="lvc"))
+    train, valid = [_episodes(10), _episodes(11)], _episodes(12)
+    v = torch.randn(sum(p.numel() for p in policy.parameters()), generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    whole = meta.fisher_vector_product(train, valid, 0.01)(v)
+    monkeypatch.setattr(MAMLTRPO, "CHUNK_ROWS", chunk_rows)  # 1: a task a chunk; 60 (28 rows a task): two, then one
+    torch.testing.assert_close(meta.fisher_vector_product(train, valid, 0.01)(v), whole, rtol=1e-12, atol=1e-13)
+    meta.trpo = TRPOSettings(surrogate_steps="every", inner_objective="lvc", fvp="autograd")
+    torch.testing.assert_close(meta.fisher_vector_product(train, valid, 0.01)(v), whole, rtol=1e-9, atol=1e-11)

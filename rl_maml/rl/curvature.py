@@ -40,7 +40,8 @@ from rl_maml.aliases import Params
 from rl_maml.rl.episodes import Episodes
 from rl_maml.rl.policy import GaussianMLPPolicy
 
-HessianProduct = Callable[[Params], Params]
+HessianProduct = Callable[..., Params]
+"""``(u, tasks=slice(None)) -> H u`` for the tasks ``tasks`` of the meta-batch (``u`` holds their rows)."""
 
 
 def supports(policy: nn.Module, names: list[str]) -> bool:

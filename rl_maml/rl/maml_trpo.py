@@ -220,6 +220,10 @@ class MAMLTRPO:
         product is then the subsample's curvature at the true adapted parameters, still positive
         semi-definite. (Adapting again on a subsample instead would move the point: with few
         episodes and several steps, an adapted log-std can overflow.)
+
+        The Hessian-vector products inside are closed-form for the Gaussian MLP policy
+        (:mod:`rl_maml.rl.curvature`, ``TRPOSettings.fvp``), run for ``CHUNK_ROWS`` steps' worth of
+        tasks at a time on the CPU; double backward through kept graphs otherwise.
         """
         names = list(self.params())
         shared = self.params()
@@ -272,8 +276,7 @@ class MAMLTRPO:
                     w = {n: w[n] - hz[n] for n in names}
             return w
 
-        def one_chunk(args: tuple[tuple[Tensor, ...], slice]) -> Tensor:
-            pieces, tasks = args
+        def one_chunk(pieces: tuple[Tensor, ...], tasks: slice) -> Tensor:
             with torch.no_grad():
                 count = len(range(M)[tasks])
                 u = {n: c.view(sh).unsqueeze(0).expand(count, *sh) for n, c, sh in zip(names, pieces, shapes)}
@@ -284,7 +287,7 @@ class MAMLTRPO:
             pieces = torch.split(v, [math.prod(sh) for sh in shapes])
             total = None
             for tasks in task_chunks:
-                part = one_chunk((pieces, tasks))
+                part = one_chunk(pieces, tasks)
                 total = part if total is None else total + part
             return total / len(scored) + damping * v
 
