@@ -134,7 +134,7 @@ def test_fisher_products_in_task_chunks_equal_the_whole_batch(monkeypatch, chunk
     v = torch.randn(sum(p.numel() for p in policy.parameters()), generator=torch.Generator().manual_seed(0),
                     dtype=torch.float64)
     whole = meta.fisher_vector_product(train, valid, 0.01)(v)
-    monkeypatch.setattr(MAMLTRPO, "CHUNK_ROWS", chunk_rows)  # 1: a task a chunk; 60 (28 rows a task): two, then one
+    monkeypatch.setattr(MAMLTRPO, "CHUNK_ROWS", chunk_rows)  # 1: a task a chunk; 60 (at most 25 rows a task): two, then one
     torch.testing.assert_close(meta.fisher_vector_product(train, valid, 0.01)(v), whole, rtol=1e-12, atol=1e-13)
     meta.trpo = TRPOSettings(surrogate_steps="every", inner_objective="lvc", fvp="autograd")
     torch.testing.assert_close(meta.fisher_vector_product(train, valid, 0.01)(v), whole, rtol=1e-9, atol=1e-11)
