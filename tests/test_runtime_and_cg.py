@@ -65,6 +65,10 @@ def test_conjugate_gradient_warm_start_and_relative_tolerance():
     conjugate_gradient(lambda v: A @ v, b, iters=300, residual_tol=0.0, rel_tol=1e-3, x0=near, info=warm)
     assert warm["residual"] <= 1e-3 and cold["residual"] <= 1e-3
     assert warm["products"] < cold["products"] / 2
+    # A guess worse than zero is dropped: the same iterates as a cold start, one product more.
+    bad, cold_x = {}, conjugate_gradient(lambda v: A @ v, b, iters=5, residual_tol=0.0)[0]
+    x, _ = conjugate_gradient(lambda v: A @ v, b, iters=5, residual_tol=0.0, x0=-10 * exact, info=bad)
+    assert bad["products"] == 6 and torch.equal(x, cold_x)
 
 
 def test_trpo_settings_check_the_new_options():

@@ -32,7 +32,8 @@ def conjugate_gradient(f_Ax: Callable[[Tensor], Tensor], b: Tensor, iters: int =
         iters: the most products with ``A``.
         residual_tol: stop once ``r @ r`` falls below this (rllab's absolute test).
         x0: start from this guess instead of zero (a warm start; costs one more product, for
-            its residual ``b - A x0``).
+            its residual ``b - A x0``). A guess whose residual is no smaller than ``b`` (zero's)
+            is dropped and the iteration starts from zero.
         rel_tol: also stop once ``|r| <= rel_tol |b|`` (0: never; the iteration count decides).
         info: if given, receives ``products`` (products with ``A``) and ``residual`` (``|r| / |b|``).
 
@@ -48,6 +49,9 @@ def conjugate_gradient(f_Ax: Callable[[Tensor], Tensor], b: Tensor, iters: int =
         x = x0.clone()
         r = b - f_Ax(x)
         products += 1
+        if not bool(r @ r < b @ b):  # worse than zero (or not finite): start from zero after all
+            x = torch.zeros_like(b)
+            r = b.clone()
     p = r.clone()
     rdotr = r @ r
     stop = max(residual_tol, (rel_tol ** 2) * float(b @ b))
