@@ -206,7 +206,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_curves(args: argparse.Namespace) -> int:
     from .curves import write_curves
 
-    for path in write_curves(Path(args.run_dir), Path(args.out), args.title):
+    history = None if args.history is None else Path(args.history)
+    for path in write_curves(Path(args.run_dir), Path(args.out), args.title, history):
         print(f"written: {path}")
     return 0
 
@@ -293,6 +294,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("run_dir")
     c.add_argument("--out", required=True, help="folder for curves.csv and curves.png")
     c.add_argument("--title", default=None, help="the plot's title (default: the run folder's name)")
+    c.add_argument("--history", default=None,
+                   help="an earlier curves.csv of the same run: its rows before the run's first logged iteration "
+                        "come first (a run resumed from an exported checkpoint has only its own events)")
     c.set_defaults(func=cmd_curves)
     x = sub.add_parser("export", help="a run's config and newest checkpoint as a folder to commit (with run.json)")
     x.add_argument("run_dir")

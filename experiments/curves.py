@@ -47,8 +47,25 @@ def read_curves(run_dir: Path) -> list[dict[str, float]]:
     return [rows[k] for k in sorted(rows)]
 
 
-def write_curves(run_dir: Path, out: Path, title: str | None = None) -> tuple[Path, Path]:
+def read_history(path: Path, before: int) -> list[dict[str, float]]:
+    """Rows of an earlier ``curves.csv`` of the same run for iterations below ``before``: a run
+    resumed from an exported checkpoint has only its own TensorBoard events."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"--history {path} is not a file: give the curves.csv written for the run's earlier pieces")
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        if "iteration" not in (reader.fieldnames or []):
+            raise CheckpointError(f"--history {path} has no 'iteration' column: is it a curves.csv?")
+        return [{k: float(v) if k != "iteration" else int(float(v)) for k, v in row.items() if v not in ("", None)}
+                for row in reader if int(float(row["iteration"])) < before]
+
+
+def write_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None
+                 ) -> tuple[Path, Path]:
     rows = read_curves(run_dir)
+    if history is not None:
+        rows = read_history(history, rows[0]["iteration"] if rows else 1 << 62) + rows
     out.mkdir(parents=True, exist_ok=True)
     fields = ["iteration", *[k for k in COLUMNS if any(k in r for r in rows)]]
     with open(out / "curves.csv", "w", newline="") as f:

@@ -206,6 +206,14 @@ def test_curves_from_the_tensorboard_events(tmp_path, capsys):
     capsys.readouterr()
     assert main(["curves", str(tmp_path), "--out", str(tmp_path / "d")]) == 2
     assert "has no TensorBoard folder" in capsys.readouterr().err
+    # An exported run resumed elsewhere: the earlier pieces' rows come from their curves.csv.
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text("iteration,return_post\n-1,5.0\n0,6.0\n2,99.0\n")
+    assert main(["curves", str(run), "--out", str(tmp_path / "e"), "--history", str(earlier)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "e" / "curves.csv")))
+    assert [int(r["iteration"]) for r in rows] == [-1, 0, 1, 2, 3]  # the run's own row 2 wins
+    assert float(rows[0]["return_post"]) == 5.0 and float(rows[3]["return_post"]) != 99.0
+    assert main(["curves", str(run), "--out", str(tmp_path / "f"), "--history", str(tmp_path / "none.csv")]) == 2
 
 
 def test_export_resume_and_evaluate_from_the_exported_folder(tmp_path, capsys):
