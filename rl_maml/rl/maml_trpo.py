@@ -40,8 +40,9 @@ class TRPOSettings:
     (``|F x - g| <= cg_tolerance |g|``); 0 runs ``cg_iters`` iterations (rllab's rule)."""
     cg_warm_start: bool = False
     """Start conjugate gradient from the previous meta-step's direction instead of zero (one more
-    Fisher-vector product for its residual; useful with ``cg_tolerance``). The direction is part
-    of the checkpoint, so a resumed run continues identically."""
+    Fisher-vector product for its residual; a guess worse than zero is dropped). The direction
+    is part of the checkpoint, so a resumed run continues identically. On 2D navigation it
+    started worse than zero and hurt learning (docs/metarl.md): an option to study, not a speed-up."""
     cg_damping: float = 1e-5
     """Added to the Fisher matrix's diagonal."""
     ls_max_steps: int = 15
@@ -57,7 +58,8 @@ class TRPOSettings:
     fvp: str = "auto"
     """How the Hessian-vector products inside each Fisher-vector product are computed.
     ``closed_form``: written out layer by layer for the Gaussian MLP policy
-    (:mod:`rl_maml.rl.curvature`; exact, several times faster). ``autograd``: double backward,
+    (:mod:`rl_maml.rl.curvature`; exact, about 1.8x faster than double backward on
+    HalfCheetahVel). ``autograd``: double backward,
     for any policy. ``auto``: ``closed_form`` where it applies, else ``autograd``."""
     surrogate_steps: str = "final"
     """Which adapted policies the meta-step scores. ``final``: the policy after the last inner step,
