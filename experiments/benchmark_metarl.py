@@ -19,6 +19,7 @@ steps on the CPU.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import multiprocessing
 import statistics
 import time
@@ -50,37 +51,14 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def fvp_costs(agent, repeats: int = 3) -> tuple[float, float]:
-    """Seconds per Fisher-vector product: autograd through the whole graph vs the structured form."""
-    from rl_maml.rl.trpo import fisher_vector_product
-
-    meta = agent.meta
-    tasks = agent.sample_tasks(0)
-    train = [agent._sample(meta.initial_params(agent.M), tasks, 0, 0)]
-    adapted = meta.adapt_step(meta.initial_params(train[0].num_tasks), train[0], 0)
-    valid = agent._sample(adapted, tasks, 0, "valid")
-    params = list(meta.policy.parameters())
-    v = torch.randn(sum(p.numel() for p in params), device=agent.device)
-    _, kl, _ = meta.surrogate(adapted, valid)
-    products = {"generic": fisher_vector_product(kl, params, 1e-5),
-                "structured": meta.fisher_vector_product(train, valid, 1e-5)}
-    out = []
-    for fvp in products.values():
-        fvp(v)
-        _sync(agent.device)
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            fvp(v)
-        _sync(agent.device)
-        out.append((time.perf_counter() - t0) / repeats)
-    return out[0], out[1]
-
-
-def product_rate(agent, repeats: int = 3) -> dict[str, float]:
-    """One exact Fisher-vector product (the meta-step's own: closed form where it applies): seconds,
-    FLOPs counted by ``FlopCounterMode`` and their rate, beside a plain ``bmm`` of the policy's
-    hidden-layer shapes ``[M, K, H] x [M, H, H]`` timed the same way."""
+def product_costs(agent, repeats: int = 3) -> dict[str, float]:
+    """One exact Fisher-vector product three ways on the same episodes: autograd through the whole
+    graph, the structured ``J^T F' J`` by double backward, and the meta-step's own (``trpo.fvp``:
+    closed form where it applies), whose FLOPs (``FlopCounterMode``) and rate are set beside a plain
+    ``bmm`` of the policy's hidden-layer shapes ``[M, K, H] x [M, H, H]`` timed the same way."""
     from torch.utils.flop_counter import FlopCounterMode
+
+    from rl_maml.rl.trpo import fisher_vector_product
 
     meta = agent.meta
     tasks = agent.sample_tasks(0)
@@ -90,17 +68,25 @@ def product_rate(agent, repeats: int = 3) -> dict[str, float]:
     params = list(meta.policy.parameters())
     v = torch.randn(sum(p.numel() for p in params), device=agent.device)
     fvp = meta.fisher_vector_product(train, valid, 1e-5, states=adapted)
-    fvp(v)
     with FlopCounterMode(display=False) as counter:
         fvp(v)
-    seconds = _median_s(lambda: fvp(v), agent.device, repeats)
+    own = meta.trpo
+    meta.trpo = dataclasses.replace(own, fvp="autograd")
+    try:
+        structured = meta.fisher_vector_product(train, valid, 1e-5, states=adapted)
+    finally:
+        meta.trpo = own
+    _, kl, _ = meta.meta_objective(adapted, train, valid)
+    whole = fisher_vector_product(kl, params, 1e-5)
+    seconds = {name: _median_s(lambda f=f: f(v), agent.device, repeats)
+               for name, f in (("whole_graph", whole), ("structured", structured), ("own", fvp))}
     M, K = valid.num_tasks, valid.per_task(valid.mask).shape[1]
     H = meta.policy.hidden_sizes[-1]
     a = torch.randn(M, K, H, device=agent.device)
     b = torch.randn(M, H, H, device=agent.device)
     bmm_seconds = _median_s(lambda: torch.bmm(a, b), agent.device, 10)
     flops = counter.get_total_flops()
-    return {"seconds": seconds, "gflop": flops / 1e9, "rate": flops / seconds / 1e9,
+    return {**seconds, "gflop": flops / 1e9, "rate": flops / seconds["own"] / 1e9,
             "bmm_rate": 2 * M * K * H * H / bmm_seconds / 1e9, "bmm_shape": f"[{M}, {K}, {H}] x [{M}, {H}, {H}]"}
 
 
@@ -186,7 +172,7 @@ def main() -> None:
     ap.add_argument("--fvp", default="auto", choices=["auto", "closed_form", "autograd"],
                     help="how Fisher-vector products are computed (trpo.fvp)")
     ap.add_argument("--meta-step-threads", type=int, default=0,
-                    help="train.meta_step_threads (0: the cores other processes leave free)")
+                    help="train.meta_step_threads (0: all cores)")
     ap.add_argument("--contend", type=int, default=0,
                     help="also measure with this many busy-loop processes running beside (started and stopped here)")
     ap.add_argument("--device", default="cpu", help="torch device of the policy and the meta-step: cpu, cuda or auto")
@@ -203,10 +189,7 @@ def main() -> None:
     raw = None if navigation else raw_rate(args.env, args.tasks * args.episodes)
     alone = runs["alone"]
     torch.set_num_threads(alone["meta_step_threads"])
-    exact = argparse.Namespace(**{**vars(args), "fvp_subsample": 1.0})
-    rates = product_rate(build_agent(config(exact), device))
-    generic, structured = fvp_costs(build_agent(config(argparse.Namespace(**{**vars(exact), "fvp": "autograd"})),
-                                                device))
+    rates = product_costs(build_agent(config(argparse.Namespace(**{**vars(args), "fvp_subsample": 1.0})), device))
     if navigation:
         print("2D navigation with the MAML paper's workload (20 tasks x 20 episodes, one inner step, REINFORCE, "
               f"exact curvature), fvp {args.fvp}, cg_iters {args.cg_iters}, torch {torch.__version__}, device "
@@ -237,12 +220,12 @@ def main() -> None:
         n = names[1]
         print(f"with {n}: iteration {runs[n]['total'] / alone['total']:.2f}x its time alone")
     print(f"one exact Fisher-vector product ({alone['meta_step_threads']} threads, fvp {args.fvp}): "
-          f"{rates['seconds'] * 1000:.0f} ms, {rates['gflop']:.2f} GFLOP at {rates['rate']:.1f} GFLOP/s; plain bmm "
+          f"{rates['own'] * 1000:.0f} ms, {rates['gflop']:.2f} GFLOP at {rates['rate']:.1f} GFLOP/s; plain bmm "
           f"{rates['bmm_shape']}: {rates['bmm_rate']:.1f} GFLOP/s; products at {rates['rate'] / rates['bmm_rate']:.0%} "
           "of the bmm rate")
-    print(f"one Fisher-vector product by autograd: through the whole graph {generic:.2f} s, structured J^T F' J "
-          f"{structured:.2f} s; closed form {rates['seconds']:.2f} s ({structured / rates['seconds']:.1f}x the "
-          "structured autograd product)")
+    print(f"one Fisher-vector product by autograd: through the whole graph {rates['whole_graph']:.2f} s, structured "
+          f"J^T F' J {rates['structured']:.2f} s; fvp {args.fvp}: {rates['own']:.2f} s "
+          f"({rates['structured'] / rates['own']:.1f}x faster than the structured autograd product)")
 
 
 if __name__ == "__main__":

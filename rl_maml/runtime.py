@@ -5,10 +5,10 @@ Importing :mod:`rl_maml` sets the first; the second is an opt-in:
 * **OpenMP's wait policy.** PyTorch's CPU threads (OpenMP, GNU libgomp in the PyPI wheels)
   spin for a long time at the end of every parallel region before they sleep. Alone, that saves
   a wake-up; beside other busy processes the spinning thread burns the time slice its partner
-  needs to reach the barrier, and every small operation waits for a descheduled thread: the
-  2D-navigation meta-step took 22-33 s instead of about 6 on a 2-core CPU with two or three
-  busy processes beside it. ``GOMP_SPINCOUNT=10000`` (about 10 us of spinning, then sleep) keeps
-  the single-process speed within measurement noise and bounds the slowdown under contention
+  needs to reach the barrier, and every small operation waits for a descheduled thread. With one
+  busy process beside it, a HalfCheetahVel iteration took 2.68x its time alone with libgomp's
+  default; ``GOMP_SPINCOUNT=10000`` (spin briefly, then sleep) brings that to 1.93x and costs
+  little alone (2D navigation: sampling 0.17 -> 0.21 s, meta-step 1.49 -> 1.55 s)
   (docs/performance.md has both). Set ``OMP_WAIT_POLICY`` or ``GOMP_SPINCOUNT`` yourself to
   choose otherwise (``OMP_WAIT_POLICY=PASSIVE`` is fairer still, and slower alone for small
   operations). OpenMP reads these once, when torch is loaded: import :mod:`rl_maml` before

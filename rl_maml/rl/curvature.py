@@ -59,24 +59,16 @@ def _shared(t: Tensor) -> bool:
     return t.dim() > 0 and t.shape[0] > 1 and t.stride(0) == 0
 
 
-def _mm(a: Tensor, b: Tensor, acc: Tensor | None = None, bias: Tensor | None = None) -> Tensor:
-    """``acc + a @ b (+ bias)`` for ``a [M, K, p]``, ``b [M, p, q]``, ``acc [M, K, q]`` and
-    ``bias [M, q]``: one GEMM over all tasks' rows when ``b`` is shared by the tasks, a batched
-    GEMM otherwise."""
+def _mm(a: Tensor, b: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``a @ b (+ bias)`` for ``a [M, K, p]``, ``b [M, p, q]`` and ``bias [M, q]``: one GEMM over
+    all tasks' rows when ``b`` is shared by the tasks, a batched GEMM otherwise."""
     M, K, p = a.shape
     if _shared(b):
         flat = a.reshape(M * K, p)
         b0 = b[0] if b[0].stride(0) == 1 else b[0].t().contiguous().t()  # column-major: measured never slower,
-        if acc is not None:                                                 # up to 5x faster for small p
-            out = torch.addmm(acc.reshape(M * K, -1), flat, b0)
-        elif bias is not None and _shared(bias):
+        if bias is not None and _shared(bias):                             # up to 5x faster for small p
             return torch.addmm(bias[0], flat, b0).view(M, K, -1)
-        else:
-            out = flat @ b0
-        out = out.view(M, K, -1)
-        return out if bias is None else out + bias.unsqueeze(1)
-    if acc is not None:
-        out = torch.baddbmm(acc, a, b)
+        out = (flat @ b0).view(M, K, -1)
         return out if bias is None else out + bias.unsqueeze(1)
     if bias is not None:
         return torch.baddbmm(bias.unsqueeze(1), a, b)

@@ -278,19 +278,16 @@ class MAMLTRPO:
                     w = {n: w[n] - hz[n] for n in names}
             return w
 
-        def one_chunk(pieces: tuple[Tensor, ...], tasks: slice) -> Tensor:
-            with torch.no_grad():
-                count = len(range(M)[tasks])
-                u = {n: c.view(sh).unsqueeze(0).expand(count, *sh) for n, c, sh in zip(names, pieces, shapes)}
-                w = chain(u, tasks)
-                return flat([w[n].sum(0) for n in names])
-
         def fvp(v: Tensor) -> Tensor:
             pieces = torch.split(v, [math.prod(sh) for sh in shapes])
             total = None
-            for tasks in task_chunks:
-                part = one_chunk(pieces, tasks)
-                total = part if total is None else total + part
+            with torch.no_grad():
+                for tasks in task_chunks:
+                    count = len(range(M)[tasks])
+                    w = chain({n: c.view(sh).unsqueeze(0).expand(count, *sh) for n, c, sh in zip(names, pieces, shapes)},
+                              tasks)
+                    part = flat([w[n].sum(0) for n in names])
+                    total = part if total is None else total + part
             return total / len(scored) + damping * v
 
         return fvp
@@ -379,8 +376,6 @@ class MAMLTRPO:
         local_fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping, states=adapted)
         fvp = local_fvp if self.shard is None else (lambda v: self._mean(local_fvp(v)))  # damping: weights sum to 1
         warm = self.warm_direction if self.trpo.cg_warm_start else None
-        if warm is not None and warm.shape != grads.shape:
-            warm = None
         cg_info: dict = {}
         step_dir, residual = conjugate_gradient(fvp, grads, self.trpo.cg_iters, x0=warm, rel_tol=self.trpo.cg_tolerance,
                                                 info=cg_info)
