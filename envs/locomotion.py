@@ -56,6 +56,7 @@ from dataclasses import dataclass
 import gymnasium
 import mujoco
 import numpy as np
+import torch
 from gymnasium import spaces
 from gymnasium.envs.mujoco.mujoco_env import MujocoEnv
 from rl_maml.envs.base import TaskEnvMixin, check_action
@@ -194,6 +195,23 @@ def read_state(qpos, qvel, cfrc_ext, xpos, xmat, subtree_com, subtree_linvel, to
 
 
 # --- robots: observations, costs, terminations (batched over a leading axis N) -----------------
+# Written once for NumPy arrays (the MuJoCo steppers) and torch tensors (the Warp stepper, on its
+# device): ``_xp`` picks the namespace, and only operations both share are used.
+
+
+def _xp(array):
+    return torch if isinstance(array, torch.Tensor) else np
+
+
+def _full(like, value):
+    """``[N]`` filled with ``value``, of ``like``'s kind, dtype and device (``like`` is ``[N, ...]``)."""
+    if isinstance(like, torch.Tensor):
+        return torch.full((like.shape[0],), value, dtype=like.dtype, device=like.device)
+    return np.full(like.shape[0], value)
+
+
+def _copy(array):
+    return array.clone() if isinstance(array, torch.Tensor) else array.copy()
 
 
 class HalfCheetahRobot:
@@ -209,15 +227,15 @@ class HalfCheetahRobot:
         # [N, 8] positions without x, [N, 9] velocities, [N, 3] the centre of mass (maml) or the
         # torso's origin (gym) -> [N, 20]
         last = state.com if reference else state.torso_xpos
-        return np.concatenate([state.qpos[:, 1:], state.qvel, last], axis=1)
+        return _xp(last).concatenate([state.qpos[:, 1:], state.qvel, last], axis=1)
 
     @classmethod
     def costs(cls, action, cfrc_ext) -> dict[str, np.ndarray]:
-        return {"reward_ctrl": -cls.ctrl_cost_weight * np.sum(np.square(action), axis=1)}
+        return {"reward_ctrl": -cls.ctrl_cost_weight * (action * action).sum(axis=1)}
 
     @staticmethod
     def terminated(qpos, qvel) -> np.ndarray:
-        return np.zeros(qpos.shape[0], dtype=bool)
+        return _full(qpos, 0) != 0
 
 
 class AntRobot:
@@ -237,25 +255,26 @@ class AntRobot:
         if reference:
             # [N, 15] positions, [N, 14] velocities, [N, 14 * 6] contact forces of all bodies
             # (world included) clipped to [-1, 1], [N, 9] torso rotation, [N, 3] centre of mass -> [N, 125]
-            contact = np.clip(state.cfrc_ext, -1.0, 1.0).reshape(n, -1)
-            return np.concatenate([state.qpos, state.qvel, contact, state.torso_xmat, state.com], axis=1)
+            contact = state.cfrc_ext.clip(-1.0, 1.0).reshape(n, -1)
+            return _xp(contact).concatenate([state.qpos, state.qvel, contact, state.torso_xmat, state.com], axis=1)
         # [N, 15] positions, [N, 14] velocities, [N, 13 * 6] contact forces of the bodies (world
         # excluded) clipped to [-1, 1] -> [N, 107]
-        contact = np.clip(state.cfrc_ext[:, 1:], -1.0, 1.0).reshape(n, -1)
-        return np.concatenate([state.qpos, state.qvel, contact], axis=1)
+        contact = state.cfrc_ext[:, 1:].clip(-1.0, 1.0).reshape(n, -1)
+        return _xp(contact).concatenate([state.qpos, state.qvel, contact], axis=1)
 
     @classmethod
     def costs(cls, action, cfrc_ext) -> dict[str, np.ndarray]:
-        contact = np.clip(cfrc_ext, -1.0, 1.0).reshape(action.shape[0], -1)
+        contact = cfrc_ext.clip(-1.0, 1.0).reshape(action.shape[0], -1)
         return {
-            "reward_ctrl": -cls.ctrl_cost_weight * np.sum(np.square(action), axis=1),
-            "reward_contact": -cls.contact_cost_weight * np.sum(np.square(contact), axis=1),
-            "reward_survive": np.full(action.shape[0], cls.survive_reward),
+            "reward_ctrl": -cls.ctrl_cost_weight * (action * action).sum(axis=1),
+            "reward_contact": -cls.contact_cost_weight * (contact * contact).sum(axis=1),
+            "reward_survive": _full(action, cls.survive_reward),
         }
 
     @classmethod
     def terminated(cls, qpos, qvel) -> np.ndarray:
-        finite = np.isfinite(qpos).all(axis=1) & np.isfinite(qvel).all(axis=1)
+        xp = _xp(qpos)
+        finite = xp.isfinite(qpos).all(axis=1) & xp.isfinite(qvel).all(axis=1)
         z = qpos[:, 2]
         return ~(finite & (z >= cls.healthy_z_range[0]) & (z <= cls.healthy_z_range[1]))
 
@@ -264,7 +283,7 @@ class AntRobot:
 
 
 def velocity_forward(task, x_velocity, xy, offset=0.0):
-    return -np.abs(x_velocity - task["velocity"]) + offset
+    return -abs(x_velocity - task["velocity"]) + offset
 
 
 def direction_forward(task, x_velocity, xy):
@@ -272,7 +291,7 @@ def direction_forward(task, x_velocity, xy):
 
 
 def goal_forward(task, x_velocity, xy):
-    return -np.sum(np.abs(xy - task["goal"]), axis=1) + 4.0
+    return -abs(xy - task["goal"]).sum(axis=1) + 4.0
 
 
 def step_reward(robot, forward_fn, task, qpos_before, state: SimState, action, dt, reference: bool):
@@ -288,8 +307,8 @@ def step_reward(robot, forward_fn, task, qpos_before, state: SimState, action, d
     terms = {"reward_forward": forward_fn(task, x_velocity, xy)}
     terms.update(robot.costs(action, state.cfrc_ext))
     reward = sum(terms.values())
-    terms["x_velocity"] = x_velocity.copy()
-    terms["x_position"] = (state.com[:, 0] if reference else state.qpos[:, 0]).copy()
+    terms["x_velocity"] = _copy(x_velocity)
+    terms["x_position"] = _copy(state.com[:, 0] if reference else state.qpos[:, 0])
     return reward, terms
 
 

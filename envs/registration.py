@@ -46,13 +46,31 @@ def single_env_class(name: str) -> type:
     return getattr(importlib.import_module(module), cls)
 
 
-def make_batched(name: str, num_envs: int, **kwargs: Any):
-    """The batched counterpart of family ``name`` (``"AntVel"`` or ``"rl_maml/AntVel-v0"``)."""
+BACKENDS = ("mujoco", "warp")
+
+
+def make_batched(name: str, num_envs: int, backend: str = "mujoco", **kwargs: Any):
+    """The batched counterpart of family ``name`` (``"AntVel"`` or ``"rl_maml/AntVel-v0"``).
+
+    ``backend`` steps the locomotion families: ``mujoco`` (MuJoCo's threaded CPU batch,
+    :class:`~rl_maml.envs.batched.BatchedLocomotion`) or ``warp`` (MuJoCo Warp on the ``device``
+    given, :class:`~rl_maml.envs.warp_locomotion.WarpLocomotion`; needs ``rl_maml[warp]``).
+    Navigation2D is plain torch and runs on any device with the default backend.
+    """
     family = _family(name)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {backend!r}")
     if family == "Navigation2D":
+        if backend != "mujoco":
+            raise ValueError("Navigation2D is plain torch (it runs on any device as it is); backend=warp applies "
+                             "to the MuJoCo families only")
         from rl_maml.envs.navigation import BatchedNavigation2D
 
         return BatchedNavigation2D(num_envs, **kwargs)
+    if backend == "warp":
+        from rl_maml.envs.warp_locomotion import WarpLocomotion
+
+        return WarpLocomotion(single_env_class(family), num_envs, **kwargs)
     from rl_maml.envs.batched import BatchedLocomotion
 
     return BatchedLocomotion(single_env_class(family), num_envs, **kwargs)

@@ -69,8 +69,29 @@ class EnvConfig:
     (async; slow envs), through Gymnasium's vector envs."""
     make_kwargs: dict[str, Any] = field(default_factory=dict)
     """With ``id``: keyword arguments of ``gymnasium.make``."""
+    backend: Literal["mujoco", "warp"] = "mujoco"
+    """Locomotion families: the physics stepper. ``mujoco``: MuJoCo's threaded batch on the CPU
+    cores (float64). ``warp``: MuJoCo Warp on the run's device (``--device cuda``; float32; all
+    state stays on the GPU; needs ``pip install "rl_maml[warp]"``). See docs/environments.md."""
+    nconmax: int | None = None
+    """``backend=warp``: contacts allocated per world (default 32)."""
+    njmax: int | None = None
+    """``backend=warp``: constraint rows allocated per world (default ``4 * nconmax + 16``)."""
 
     def __post_init__(self) -> None:
+        if self.backend not in ("mujoco", "warp"):
+            raise ConfigError(f"env.backend must be 'mujoco' (MuJoCo on the CPU) or 'warp' (MuJoCo Warp), "
+                              f"got {self.backend!r}")
+        if self.backend == "warp" and (self.id is not None or self.name == "Navigation2D"):
+            raise ConfigError(f"env.backend=warp steps the MuJoCo locomotion families; {self.label} "
+                              f"{'is plain torch and runs on any device as it is' if self.id is None else 'is a user env'}"
+                              "; leave env.backend=mujoco")
+        for key in ("nconmax", "njmax"):
+            value = getattr(self, key)
+            if value is not None and self.backend != "warp":
+                raise ConfigError(f"env.{key} sizes MuJoCo Warp's buffers; it applies with env.backend=warp only")
+            if value is not None and value < 1:
+                raise ConfigError(f"env.{key} must be >= 1 (or null for the default), got {value}")
         if self.id is not None:
             if not self.id.strip():
                 raise ConfigError("env.id must name a registered Gymnasium env (or be null for env.name)")
@@ -123,6 +144,12 @@ class EnvConfig:
             except gymnasium.error.Error as e:
                 raise ConfigError(f"env.id={self.id!r}: {e}. Register the env with gymnasium.register, or name "
                                   f"the module that registers it: env.id=my_module:{self.id}") from None
+        if self.backend == "warp":
+            sizes = {k: v for k, v in (("nconmax", self.nconmax), ("njmax", self.njmax)) if v is not None}
+            try:
+                return make_batched(self.name, num_envs, backend="warp", device=device, **self.kwargs(), **sizes)
+            except ImportError as e:
+                raise ConfigError(str(e)) from None
         return make_batched(self.name, num_envs, device=device, **self.kwargs())
 
 
