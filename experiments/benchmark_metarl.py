@@ -12,8 +12,9 @@ rate at N = 800, measured in the same run; the split again with ``--contend N`` 
 processes beside (started and stopped by the benchmark); conjugate gradient's products and final
 residual; and one exact Fisher-vector product's time, FLOPs and rate (``FlopCounterMode``) beside
 a plain ``bmm`` of the policy's hidden-layer shapes, and beside the autograd products. With
-``--device cuda`` the policy, the inner update and the meta-step run on the GPU; MuJoCo always
-steps on the CPU.
+``--device cuda`` the policy, the inner update and the meta-step run on the GPU; MuJoCo steps on the
+CPU unless ``--backend warp`` (MuJoCo Warp on the same device; ``benchmark_warp`` sets the two side
+by side).
 """
 
 from __future__ import annotations
@@ -34,15 +35,22 @@ from rl_maml.config import ConfigError, from_dict
 from rl_maml.patterns import time_adaptation
 
 
-def raw_rate(env_name: str, num_envs: int, steps: int = 100) -> float:
-    env = make_batched(env_name, num_envs)
+def raw_rate(env_name: str, num_envs: int, steps: int = 100, convention: str = "gym", backend: str = "mujoco",
+             device: torch.device | str = "cpu") -> float:
+    """Env steps per second of the batched stepper alone (random actions made beforehand on ``device``)."""
+    device = torch.device(device)
+    env = make_batched(env_name, num_envs, convention=convention, backend=backend,
+                       **({"device": device} if backend == "warp" else {}))
     rng = np.random.default_rng(0)
     env.reset(env.sample_tasks(num_envs, rng), seeds=0)
-    actions = torch.as_tensor(rng.standard_normal((steps, num_envs, env.act_dim)), dtype=torch.float32)
+    actions = torch.as_tensor(rng.standard_normal((steps, num_envs, env.act_dim)), dtype=torch.float32,
+                              device=device if backend == "warp" else "cpu")
     env.step(actions[0])
+    _sync(device)
     t0 = time.perf_counter()
     for t in range(1, steps):
         env.step(actions[t])
+    _sync(device)
     return num_envs * (steps - 1) / (time.perf_counter() - t0)
 
 
@@ -134,7 +142,8 @@ def config(args):
         return load_config("navigation", [*NAVIGATION_PAPER, f"trpo.cg_iters={args.cg_iters}", f"trpo.fvp={args.fvp}",
                                           f"train.meta_step_threads={args.meta_step_threads}"])
     return from_dict(MetaRLConfig, {
-        "env": {"name": args.env, "convention": "gym"},
+        "env": {"name": args.env, "convention": getattr(args, "convention", "gym"),
+                "backend": getattr(args, "backend", "mujoco")},
         "trpo": {"cg_iters": args.cg_iters, "fvp_subsample": args.fvp_subsample, "fvp": args.fvp},
         "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes,
                   "meta_step_threads": args.meta_step_threads},
@@ -164,7 +173,10 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--workload", default="mujoco", choices=["mujoco", "navigation"],
                     help="mujoco: --env at --tasks x --episodes; navigation: the MAML paper's 2D-navigation workload")
-    ap.add_argument("--env", default="HalfCheetahVel", help="a MuJoCo family (gym convention)")
+    ap.add_argument("--env", default="HalfCheetahVel", help="a MuJoCo family")
+    ap.add_argument("--convention", default="gym", choices=["gym", "maml"])
+    ap.add_argument("--backend", default="mujoco", choices=["mujoco", "warp"],
+                    help="env.backend: MuJoCo on the CPU, or MuJoCo Warp on --device")
     ap.add_argument("--tasks", type=int, default=40)
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--cg-iters", type=int, default=10)
@@ -186,7 +198,8 @@ def main() -> None:
         with Contention(args.contend):
             runs[f"{args.contend} busy process(es) beside"] = measure(args, device)
     navigation = args.workload == "navigation"
-    raw = None if navigation else raw_rate(args.env, args.tasks * args.episodes)
+    raw = None if navigation else raw_rate(args.env, args.tasks * args.episodes, convention=args.convention,
+                                           backend=args.backend, device=device)
     alone = runs["alone"]
     torch.set_num_threads(alone["meta_step_threads"])
     rates = product_costs(build_agent(config(argparse.Namespace(**{**vars(args), "fvp_subsample": 1.0})), device))
@@ -195,7 +208,7 @@ def main() -> None:
               f"exact curvature), fvp {args.fvp}, cg_iters {args.cg_iters}, torch {torch.__version__}, device "
               f"{device}; median of {args.iterations} iterations")
     else:
-        print(f"{args.env}, gym convention, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
+        print(f"{args.env}, {args.convention} convention, backend {args.backend}, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
               f"fvp {args.fvp}, fvp_subsample {args.fvp_subsample}, cg_iters {args.cg_iters}, "
               f"meta_step_threads {args.meta_step_threads}, "
               f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
