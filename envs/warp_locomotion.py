@@ -12,8 +12,8 @@ tensors on the env's device. What differs:
 - Where: every array lives on the device. ``step`` writes the actions into Warp's ``ctrl`` and
   reads observations and rewards from zero-copy torch views of Warp's arrays: no host round trip
   per step. On a CUDA device the frame skip (and ``maml``'s forward pass after it) is one captured
-  CUDA graph, replayed on Warp's stream, ordered after torch's current stream and before it
-  again by stream waits (no host synchronisation).
+  CUDA graph, replayed on torch's current stream, the stream the policy and the reward code run
+  on: in order, with no host synchronisation.
 - Ended episodes are not frozen: every world is simulated every step (that is what a GPU does
   cheaply), and an ended episode's observation, reward and ``done`` are masked as the CPU
   stepper's are. A world whose state stops being finite is put back at the initial state so that
@@ -32,6 +32,7 @@ Install: ``pip install "rl_maml[warp]"`` (``warp-lang`` and ``mujoco-warp``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -137,14 +138,20 @@ class WarpLocomotion:
         self.alive = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         self.steps = 0
         self._graph = None
+        self._wp_device = wp_device
+        self._streams: dict[int, object] = {}  # torch stream handle -> the same stream as a Warp stream
         with wp.ScopedDevice(wp_device):
             self._advance()  # compiles every kernel the step uses (a CUDA graph cannot capture compilation)
             if graph and self.device.type == "cuda":
-                with wp.ScopedStream(self._stream), wp.ScopedCapture(stream=self._stream) as capture:
-                    self._advance()
-                self._graph = capture.graph
+                try:
+                    with wp.ScopedCapture(stream=self._stream, force_module_load=False) as capture:
+                        self._advance()
+                    self._graph = capture.graph
+                except Exception as err:  # noqa: BLE001 - the eager path computes the same; say why it is used
+                    warnings.warn(f"MuJoCo Warp: capturing the control step as a CUDA graph failed ({err}); "
+                                  "stepping without a graph (slower)", RuntimeWarning, stacklevel=2)
             mjw.reset_data(self.model, self.data)
-        self._wp_device = wp_device
+        wp.synchronize_device(wp_device)
 
     # --- simulation -----------------------------------------------------------------------------
 
@@ -156,22 +163,27 @@ class WarpLocomotion:
         if self.reference:
             self._mjw.forward(self.model, self.data)
 
+    def _torch_stream(self):
+        """torch's current stream on the device, as a Warp stream (cached): Warp's kernels and graph
+        replays go on the stream the policy and the reward code run on, in order, with no host wait."""
+        stream = torch.cuda.current_stream(self.device)
+        if stream.cuda_stream not in self._streams:
+            self._streams[stream.cuda_stream] = self._wp.stream_from_torch(stream)
+        return self._streams[stream.cuda_stream]
+
     def _run(self, fn) -> None:
-        """Run Warp work ordered after torch's work on the device and before torch's next."""
+        """Run Warp work on torch's current stream of the device (the CPU: in order anyway)."""
         wp = self._wp
         if self.device.type != "cuda":
             with wp.ScopedDevice(self._wp_device):
                 fn()
             return
-        torch_stream = torch.cuda.current_stream(self.device)
-        self._stream.wait_stream(wp.stream_from_torch(torch_stream))
-        with wp.ScopedDevice(self._wp_device), wp.ScopedStream(self._stream):
+        with wp.ScopedDevice(self._wp_device), wp.ScopedStream(self._torch_stream(), sync_enter=False):
             fn()
-        torch_stream.wait_stream(wp.stream_to_torch(self._stream))
 
     def _step_physics(self) -> None:
         if self._graph is not None:
-            self._run(lambda: self._wp.capture_launch(self._graph, stream=self._stream))
+            self._run(lambda: self._wp.capture_launch(self._graph, stream=self._torch_stream()))
         else:
             self._run(self._advance)
 
