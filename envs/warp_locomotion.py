@@ -85,12 +85,21 @@ class WarpLocomotion:
         njmax: constraint rows allocated per world (default ``4 * nconmax + 16``: pyramidal
             friction cones of 4 rows per contact, and joint limits).
         graph: capture the control step as a CUDA graph (CUDA devices only; default on).
+        deterministic: MuJoCo Warp's deterministic mode (``opt.deterministic``: stable contact
+            order, canonical constraint rows, order-invariant atomic sums), so that the same seed
+            gives the same numbers on a GPU; off, parallel sums may add in any order and episodes
+            drift apart by rounding (Warp's CPU device is deterministic either way).
+
+    Non-finite actions raise ``ValueError``: at once on the CPU; on a GPU at the next
+    :meth:`reset` or :meth:`check` (the check is a flag on the device, not a wait per step), the
+    env having stepped with 0 in their place.
     """
 
     def __init__(self, env_cls: type[LocomotionEnv], num_envs: int, convention: str = "gym",
                  horizon: int | None = None, action_scale: float | None = None, cost_on_clipped: bool | None = None,
                  reset_noise_scale: float = 0.1, dtype: torch.dtype = torch.float32,
-                 device: str | torch.device = "cpu", nconmax: int = 32, njmax: int | None = None, graph: bool = True):
+                 device: str | torch.device = "cpu", nconmax: int = 32, njmax: int | None = None, graph: bool = True,
+                 deterministic: bool = True):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if dtype != torch.float32:
@@ -120,6 +129,7 @@ class WarpLocomotion:
         model = self.proto.model
         with wp.ScopedDevice(wp_device):
             self.model = mjw.put_model(model)
+            self.model.opt.deterministic = bool(deterministic)
             self.data = mjw.make_data(model, nworld=num_envs, nconmax=nconmax, njmax=njmax)
         self._stream = wp.get_device(wp_device).stream if self.device.type == "cuda" else None
         d = self.data
@@ -136,6 +146,7 @@ class WarpLocomotion:
         self._init_qpos = torch.as_tensor(self.proto.init_qpos, dtype=dtype, device=self.device)
         self._init_qvel = torch.as_tensor(self.proto.init_qvel, dtype=dtype, device=self.device)
         self.alive = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
+        self._bad_actions = torch.zeros((), dtype=torch.bool, device=self.device)
         self.steps = 0
         self._graph = None
         self._wp_device = wp_device
@@ -203,9 +214,18 @@ class WarpLocomotion:
         self.qvel.copy_(qvel)
         self._forward()
 
+    def check(self) -> None:
+        """Raise for what the steps since the last reset could not report without waiting for the
+        device: ``ValueError`` for non-finite actions, ``RuntimeError`` for lost contacts or
+        constraint rows. A host synchronisation; :meth:`reset` calls it."""
+        if bool(self._bad_actions):
+            self._bad_actions.zero_()
+            raise ValueError("actions contained NaN or infinite values (the env stepped with 0 in their place); "
+                             "check the policy's outputs")
+        self.check_overflow()
+
     def check_overflow(self) -> None:
-        """``RuntimeError`` if any world lost contacts or constraint rows since the last reset (a
-        host synchronisation; :meth:`reset` calls it)."""
+        """``RuntimeError`` if any world lost contacts or constraint rows since the last reset."""
         if self._overflow is None:
             return
         flags = int(np.bitwise_or.reduce(self._overflow.cpu().numpy().astype(np.int64)))
@@ -241,7 +261,7 @@ class WarpLocomotion:
         if len(seeds) != n:
             raise ValueError(f"expected {n} seeds, got {len(seeds)}")
         if self.steps:
-            self.check_overflow()
+            self.check()
         self.task = {k: torch.as_tensor(v, dtype=self.dtype, device=self.device) for k, v in checked.items()}
         qpos = np.empty((n, self.qpos.shape[1]))
         qvel = np.empty((n, self.qvel.shape[1]))
@@ -271,12 +291,15 @@ class WarpLocomotion:
         a = torch.as_tensor(actions).to(device=self.device, dtype=self.dtype)
         if tuple(a.shape) != (self.num_envs, self.act_dim):
             raise ValueError(f"actions must have shape {(self.num_envs, self.act_dim)}, got {tuple(a.shape)}")
-        if not bool(torch.isfinite(a).all()):
+        if self.device.type == "cuda":  # no wait here: checked at the next reset (see the class docstring)
+            self._bad_actions |= ~torch.isfinite(a).all()
+            a = torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
+        elif not bool(torch.isfinite(a).all()):
             raise ValueError("actions contain NaN or infinite values; check the policy's outputs")
         live = self.alive
         control = torch.clamp(self.proto.convention.action_scale * a, self._ctrl_low, self._ctrl_high)
         self.ctrl.copy_(control)
-        qpos_before = self.qpos.clone()
+        qpos_before = None if self.reference else self.qpos.clone()  # gym's finite-difference velocity
         self._step_physics()
         state = self._state()
         cost_action = control / self.proto.convention.action_scale if self.proto.convention.cost_on_clipped else a

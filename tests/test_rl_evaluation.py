@@ -99,3 +99,41 @@ def test_adaptation_returns_average_over_the_kept_episodes_only():
                                                  torch_generator(3, "eval-actions", 0)).returns().mean(1))
     with pytest.raises(ValueError, match="steps_per_task must be >= 1"):
         adaptation_returns(*args, steps_per_task=0)
+
+
+class Recording(LengthBySeed):
+    """LengthBySeed that keeps every action it was stepped with."""
+
+    def reset(self, tasks, seeds):
+        self.seen = []
+        return super().reset(tasks, seeds)
+
+    def step(self, actions):
+        self.seen.append(actions.clone())
+        return super().step(actions)
+
+
+def test_checking_every_few_steps_keeps_the_same_episodes():
+    """The GPU sampler's mode (no wait per step) keeps exactly the episodes of the per-step mode."""
+    M, B, T = 3, 4, 10
+    env, policy = Recording(M * B, T), _policy()
+    tasks = {"x": torch.zeros(M)}
+    params = expand_params(dict(policy.named_parameters()), M)
+    seeds = episode_seeds(5, "x", num_tasks=M, episodes_per_task=B)
+    every = sample_episodes(env, TaskBatchedModel(policy), params, tasks, B, seeds, torch_generator(5, "a"),
+                            check_every=1)
+    steps_every = len(env.seen)
+    lazy = sample_episodes(env, TaskBatchedModel(policy), params, tasks, B, seeds, torch_generator(5, "a"),
+                           check_every=4)
+    assert steps_every < T and len(env.seen) == min(T, 4 * -(-steps_every // 4))  # ran on to the next check
+    assert torch.equal(lazy.mask, every.mask) and torch.equal(lazy.rewards, every.rewards)
+    kept = every.mask.bool()
+    assert torch.equal(lazy.actions[kept], every.actions[kept]) and torch.equal(lazy.obs[kept], every.obs[kept])
+    with torch.no_grad():
+        next(policy.parameters()).fill_(float("nan"))
+    bad = expand_params(dict(policy.named_parameters()), M)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        sample_episodes(env, TaskBatchedModel(policy), bad, tasks, B, seeds, torch_generator(5, "a"), check_every=4)
+    assert len(env.seen) == 4 and all(torch.equal(a, torch.zeros_like(a)) for a in env.seen)  # raised at the check
+    with pytest.raises(ValueError, match="check_every must be >= 1"):
+        sample_episodes(env, TaskBatchedModel(policy), params, tasks, B, seeds, torch_generator(5, "a"), check_every=0)

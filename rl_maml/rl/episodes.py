@@ -16,6 +16,9 @@ from rl_maml.seeding import derive_seed
 NONFINITE_POLICY = (
     "the policy's actions are not finite (NaN or infinite), usually after an inner step that was too large: lower "
     "inner.inner_lr (or eval.step_scales for evaluation); the env was not stepped with them and no checkpoint changed")
+LIVE_CHECK_EVERY = 10
+"""On a CUDA device, :func:`sample_episodes` checks the actions and whether any episode is still
+running every this many steps (not every step: each check waits for the device)."""
 NONFINITE_ADVANTAGES = ("the returns or advantages are not finite: the env's rewards or observations overflowed, or "
                         "the baseline fit did; check the env's rewards and inner.inner_lr")
 
@@ -142,7 +145,7 @@ def episode_seeds(seed: int, *keys: int | str, num_tasks: int, episodes_per_task
 @torch.no_grad()
 def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mapping[str, Tensor], episodes_per_task: int,
                     reset_seeds: list[int], generator: torch.Generator, deterministic: bool = False,
-                    steps_needed: Tensor | None = None, shard=None) -> Episodes:
+                    steps_needed: Tensor | None = None, shard=None, check_every: int | None = None) -> Episodes:
     """Roll out B episodes per task with each task's own policy parameters, all N = M x B at once.
 
     Args:
@@ -165,6 +168,12 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
         shard: this process's :class:`~rl_maml.distributed.TaskShard` when the meta-batch is split
             across processes: the action noise is drawn for the whole meta-batch and sliced, and the
             loop ends on every rank together, so each task's episodes are those of one process.
+        check_every: check the actions and whether any episode still runs every this many steps
+            instead of every step (default: 1 on the CPU, :data:`LIVE_CHECK_EVERY` on a GPU; 1 when
+            the meta-batch is split). Between checks nothing waits for the device; non-finite
+            actions reach the env as 0 and raise at the next check. The episodes kept are the same
+            for any value (steps after all ended are masked); only the generator's state afterwards
+            can differ.
     """
     M = len(next(iter(tasks.values())))
     B = episodes_per_task
@@ -182,6 +191,16 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
     mask_buf = torch.zeros(T, M, B, device=device)
     alive = torch.ones(N, dtype=torch.bool, device=device)
     taken = torch.zeros(M, B, device=device)
+    # On a GPU the loop does not wait for the device every step (a wait would drain the queue that
+    # overlaps this step's launches with the last step's physics): the actions' check accumulates on
+    # the device, non-finite actions reach the env as 0, and both the check and the all-ended exit
+    # run every check_every steps (steps after every episode ended are masked like any other).
+    if check_every is None:
+        check_every = LIVE_CHECK_EVERY if device.type == "cuda" else 1
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
+    lazy = check_every > 1 and shard is None
+    bad_actions = torch.zeros((), dtype=torch.bool, device=device)
     for t in range(T):
         mean, log_std = policy(params, obs.view(M, B, -1).to(obs_buf.dtype))  # [M, B, act_dim]
         if deterministic:
@@ -193,18 +212,29 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
         obs_buf[t] = obs.view(M, B, -1)
         act_buf[t] = action
         mask_buf[t] = alive.view(M, B)
-        if not bool(torch.isfinite(action).all()):  # before the env sees them
+        if lazy:
+            bad_actions |= ~torch.isfinite(action).all()
+            env_action = torch.nan_to_num(action, nan=0.0, posinf=0.0, neginf=0.0)
+        elif not bool(torch.isfinite(action).all()):  # before the env sees them
             raise FloatingPointError(NONFINITE_POLICY)
-        obs, reward, done, _ = env.step(action.reshape(N, -1))
+        else:
+            env_action = action
+        obs, reward, done, _ = env.step(env_action.reshape(N, -1))
         obs = obs.to(device)
         rew_buf[t] = reward.to(device).view(M, B) * alive.view(M, B)
         alive = alive & ~done.to(device)
         if steps_needed is not None and hasattr(env, "stop"):
             taken = taken + mask_buf[t]  # [M, B] steps taken so far, a lower bound of each length
             unneeded = (taken.cumsum(1) - taken >= steps_needed.to(device).view(M, 1)).view(N) & alive
-            if unneeded.any():
+            if lazy:  # the same mask without a wait; the env may go on simulating them
+                alive = alive & ~unneeded
+            elif unneeded.any():
                 env.stop(unneeded.nonzero().view(-1).cpu().numpy())
                 alive = alive & ~unneeded
+        if lazy and (t + 1) % check_every and t + 1 < T:
+            continue
+        if lazy and bool(bad_actions):
+            raise FloatingPointError(NONFINITE_POLICY)
         if not (bool(alive.any()) if shard is None else shard.any(bool(alive.any()))):
             break
     return _packed_like_one_process(Episodes(obs_buf, act_buf, rew_buf, mask_buf), shard)
