@@ -86,9 +86,11 @@ class WarpLocomotion:
             friction cones of 4 rows per contact, and joint limits).
         graph: capture the control step as a CUDA graph (CUDA devices only; default on).
         deterministic: MuJoCo Warp's deterministic mode (``opt.deterministic``: stable contact
-            order, canonical constraint rows, order-invariant atomic sums), so that the same seed
-            gives the same numbers on a GPU; off, parallel sums may add in any order and episodes
-            drift apart by rounding (Warp's CPU device is deterministic either way).
+            order, canonical constraint rows, order-invariant atomic sums). Off by default: on an
+            H200 it made HalfCheetah stepping 6.5x slower at N = 800, its sort buffers overflow
+            graph capture from N = 16,384 on, and two same-seed runs still differed (see
+            docs/environments.md). On a GPU, episodes therefore differ from run to run by rounding
+            that contacts amplify; Warp's CPU device repeats itself exactly.
 
     Non-finite actions raise ``ValueError``: at once on the CPU; on a GPU at the next
     :meth:`reset` or :meth:`check` (the check is a flag on the device, not a wait per step), the
@@ -99,7 +101,7 @@ class WarpLocomotion:
                  horizon: int | None = None, action_scale: float | None = None, cost_on_clipped: bool | None = None,
                  reset_noise_scale: float = 0.1, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", nconmax: int = 32, njmax: int | None = None, graph: bool = True,
-                 deterministic: bool = True):
+                 deterministic: bool = False):
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if dtype != torch.float32:
