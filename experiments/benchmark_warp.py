@@ -8,8 +8,8 @@ In one run, on one machine:
 1. Stepping. For each family and N: :class:`~rl_maml.envs.warp_locomotion.WarpLocomotion`'s
    whole ``step`` (control, physics, observation, reward and termination on the device; random
    actions made beforehand on the device), and its physics alone (the captured control step
-   replayed), in env steps per second (MuJoCo Warp's deterministic mode on, as in training;
-   ``--nondeterministic-too`` adds it off); beside them the CPU stepper
+   replayed), in env steps per second (``--deterministic-too`` adds MuJoCo Warp's deterministic
+   mode, off by default); beside them the CPU stepper
    (:class:`~rl_maml.envs.batched.BatchedLocomotion`, all cores) at N = 800. Every world is
    simulated every step on Warp; the CPU stepper simulates only live episodes, and its rate counts
    those.
@@ -46,7 +46,7 @@ def _sync(device: torch.device) -> None:
 
 
 def warp_rates(env_name: str, n: int, convention: str, device: torch.device, steps: int,
-               deterministic: bool = True) -> dict[str, float]:
+               deterministic: bool = False) -> dict[str, float]:
     """Whole-step and physics-only env steps per second of the Warp stepper at N = ``n``."""
     t0 = time.perf_counter()
     env = make_batched(env_name, n, convention=convention, backend="warp", device=device, deterministic=deterministic)
@@ -82,8 +82,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=20)
     ap.add_argument("--cpu-size", type=int, default=800, help="N of the CPU stepper's rate")
     ap.add_argument("--out", type=Path, default=None, help="also write warp_benchmark.{json,md} here")
-    ap.add_argument("--nondeterministic-too", action="store_true",
-                    help="also time the stepper with MuJoCo Warp's deterministic mode off (the default is on)")
+    ap.add_argument("--deterministic-too", action="store_true",
+                    help="also time the stepper with MuJoCo Warp's deterministic mode on (the default is off)")
     args = ap.parse_args()
     try:
         device = resolve_device(args.device, option="--device")
@@ -120,10 +120,10 @@ def main() -> None:
             step_lines.append(f"| {name} | {n} | {r['whole_step']:,.0f} | {r['physics']:,.0f} | |")
             print(step_lines[-1], flush=True)
             write()
-            if args.nondeterministic_too:
-                r = warp_rates(name, n, args.convention, device, args.steps, deterministic=False)
-                results["stepping"].append({"env": name, "N": n, "deterministic": False, **r})
-                step_lines.append(f"| {name} (deterministic off) | {n} | {r['whole_step']:,.0f} | "
+            if args.deterministic_too:
+                r = warp_rates(name, n, args.convention, device, args.steps, deterministic=True)
+                results["stepping"].append({"env": name, "N": n, "deterministic": True, **r})
+                step_lines.append(f"| {name} (deterministic mode) | {n} | {r['whole_step']:,.0f} | "
                                   f"{r['physics']:,.0f} | |")
                 print(step_lines[-1], flush=True)
                 write()

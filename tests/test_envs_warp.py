@@ -179,3 +179,32 @@ def test_maml_trpo_trains_and_evaluates_on_warp(preset, tmp_path, capsys):
                  *tiny]) == 0
     assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]"]) == 0
     assert "| MAML |" in capsys.readouterr().out
+
+
+def test_the_warp_benchmark_runs_and_writes_its_tables(tmp_path, monkeypatch):
+    import json
+
+    from rl_maml.experiments import benchmark_warp
+
+    monkeypatch.setattr(sys, "argv", ["benchmark_warp", "--device", "cpu", "--envs", "HalfCheetahVel", "--sizes", "3",
+                                      "--steps", "2", "--iterations", "1", "--tasks", "2", "--episodes", "1",
+                                      "--cpu-size", "3", "--out", str(tmp_path)])
+    benchmark_warp.main()
+    results = json.loads((tmp_path / "warp_benchmark.json").read_text())
+    rows = {(r["env"], r["N"]): r for r in results["stepping"]}
+    assert rows[("HalfCheetahVel", 3)]["whole_step"] > 0 and rows[("HalfCheetahVel", 3)]["physics"] > 0
+    assert {r["backend"] for r in results["iterations"]} == {"warp", "mujoco"}
+    assert all(r["total"] > 0 and r["charts/env_steps"] == 2 * 1 * 100 * 2 for r in results["iterations"])
+    assert "| HalfCheetahVel | warp |" in (tmp_path / "warp_benchmark.md").read_text()
+
+
+def test_same_seed_same_episode_on_warps_cpu_device():
+    runs = []
+    for _ in range(2):
+        warp = WarpLocomotion(AntVelEnv, 4, convention="maml")
+        obs = warp.reset(warp.sample_tasks(4, np.random.default_rng(1)), 3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(15):
+            obs, reward, _, _ = warp.step(torch.rand(4, warp.act_dim, generator=g) * 2 - 1)
+        runs.append((obs, reward))
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
