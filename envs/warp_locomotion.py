@@ -9,6 +9,10 @@ tensors on the env's device. What differs:
 - Precision: Warp simulates in float32 (MuJoCo in float64). One control step from the same state
   agrees to float32 rounding (``tests/test_envs_warp.py``); over an episode, contact dynamics
   amplify that difference, as they amplify any, so episodes are statistically alike, not equal.
+  For the Ant the two engines also orient a contact's friction pyramid differently (the tangent
+  frame of a capsule-floor contact), so where friction binds one step can differ by more.
+- Determinism: on a GPU, parallel sums run in any order, so the same seed does not repeat the
+  same numbers (Warp's CPU device does); see ``deterministic`` below.
 - Where: every array lives on the device. ``step`` writes the actions into Warp's ``ctrl`` and
   reads observations and rewards from zero-copy torch views of Warp's arrays: no host round trip
   per step. On a CUDA device the frame skip (and ``maml``'s forward pass after it) is one captured
@@ -46,10 +50,10 @@ __all__ = ["WarpLocomotion", "import_warp", "WARP_INSTALL_HINT"]
 WARP_INSTALL_HINT = ('env.backend=warp needs MuJoCo Warp: pip install "rl_maml[warp]" (the packages warp-lang and '
                      'mujoco-warp), or use env.backend=mujoco (MuJoCo on the CPU)')
 
-# mujoco_warp.OverflowType bits that mean lost contacts or constraints (the solver's iteration
-# limit, also a bit of that mask, is not an overflow of any allocation).
-_OVERFLOW_BITS = {1 << 0: "constraint rows (raise njmax)", 1 << 2: "broadphase pairs (raise nconmax)",
-                  1 << 3: "contacts (raise nconmax)"}
+# mujoco_warp.OverflowType flags that mean lost contacts or constraints (the solver's iteration
+# limits, also flags of that mask, are not overflows of any allocation).
+_OVERFLOWS = {"NEFC": "constraint rows (raise njmax)", "NJMAX_NNZ": "constraint Jacobian entries (raise njmax)",
+              "BROADPHASE": "broadphase pairs (raise nconmax)", "NARROWPHASE": "contacts (raise nconmax)"}
 
 
 def import_warp():
@@ -231,7 +235,8 @@ class WarpLocomotion:
         if self._overflow is None:
             return
         flags = int(np.bitwise_or.reduce(self._overflow.cpu().numpy().astype(np.int64)))
-        lost = [what for bit, what in _OVERFLOW_BITS.items() if flags & bit]
+        kinds = self._mjw.OverflowType
+        lost = [what for name, what in _OVERFLOWS.items() if name in kinds.__members__ and flags & int(kinds[name])]
         if lost:
             raise RuntimeError(f"MuJoCo Warp ran out of room for {', '.join(lost)}: nconmax={self.nconmax}, "
                                f"njmax={self.njmax}. Pass larger values (make_batched(..., nconmax=..., njmax=...) "
