@@ -137,3 +137,38 @@ def test_checking_every_few_steps_keeps_the_same_episodes():
     assert len(env.seen) == 4 and all(torch.equal(a, torch.zeros_like(a)) for a in env.seen)  # raised at the check
     with pytest.raises(ValueError, match="check_every must be >= 1"):
         sample_episodes(env, TaskBatchedModel(policy), params, tasks, B, seeds, torch_generator(5, "a"), check_every=0)
+
+
+class Stoppable(LengthBySeed):
+    """LengthBySeed with ``stop(ids)``: stopped episodes report done from then on."""
+
+    def reset(self, tasks, seeds):
+        self.stopped = torch.zeros(self.num_envs, dtype=torch.bool)
+        self.stop_calls = 0
+        return super().reset(tasks, seeds)
+
+    def stop(self, ids):
+        self.stop_calls += 1
+        self.stopped[torch.as_tensor(ids)] = True
+
+    def step(self, actions):
+        obs, reward, done, info = super().step(actions)
+        return obs, reward, done | self.stopped, info
+
+
+def test_checking_every_few_steps_still_stops_what_a_step_budget_drops():
+    M, B, T = 2, 4, 10
+    env, policy = Stoppable(M * B, T), _policy()
+    tasks = {"x": torch.zeros(M)}
+    params = expand_params(dict(policy.named_parameters()), M)
+    seeds = episode_seeds(2, "x", num_tasks=M, episodes_per_task=B)
+    needed = torch.tensor([6.0, 9.0])
+    runs = []
+    for every in (1, 3):
+        eps = sample_episodes(env, TaskBatchedModel(policy), params, tasks, B, seeds, torch_generator(2, "a"),
+                              steps_needed=needed, check_every=every)
+        runs.append((eps, env.stop_calls))
+    (every, calls_every), (lazy, calls_lazy) = runs
+    assert torch.equal(lazy.mask, every.mask) and torch.equal(lazy.rewards, every.rewards)
+    assert calls_every > 0 and calls_lazy > 0  # the env was told in both modes
+    assert (every.mask.sum(0) < torch.tensor([1 + s % T for s in seeds]).view(M, B)).any()  # something was cut

@@ -201,6 +201,7 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
         raise ValueError(f"check_every must be >= 1, got {check_every}")
     lazy = check_every > 1 and shard is None
     bad_actions = torch.zeros((), dtype=torch.bool, device=device)
+    to_stop = torch.zeros(N, dtype=torch.bool, device=device)  # lazy: episodes to stop at the next check
     for t in range(T):
         mean, log_std = policy(params, obs.view(M, B, -1).to(obs_buf.dtype))  # [M, B, act_dim]
         if deterministic:
@@ -226,8 +227,9 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
         if steps_needed is not None and hasattr(env, "stop"):
             taken = taken + mask_buf[t]  # [M, B] steps taken so far, a lower bound of each length
             unneeded = (taken.cumsum(1) - taken >= steps_needed.to(device).view(M, 1)).view(N) & alive
-            if lazy:  # the same mask without a wait; the env may go on simulating them
+            if lazy:  # the same mask without a wait; the env is told at the next check
                 alive = alive & ~unneeded
+                to_stop |= unneeded
             elif unneeded.any():
                 env.stop(unneeded.nonzero().view(-1).cpu().numpy())
                 alive = alive & ~unneeded
@@ -235,6 +237,9 @@ def sample_episodes(env, policy: TaskBatchedModel, params: Params, tasks: Mappin
             continue
         if lazy and bool(bad_actions):
             raise FloatingPointError(NONFINITE_POLICY)
+        if lazy and bool(to_stop.any()):
+            env.stop(to_stop.nonzero().view(-1).cpu().numpy())
+            to_stop.zero_()
         if not (bool(alive.any()) if shard is None else shard.any(bool(alive.any()))):
             break
     return _packed_like_one_process(Episodes(obs_buf, act_buf, rew_buf, mask_buf), shard)
