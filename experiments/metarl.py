@@ -71,7 +71,7 @@ class EnvConfig:
     """With ``id``: keyword arguments of ``gymnasium.make``."""
     backend: Literal["mujoco", "warp"] = "mujoco"
     """Locomotion families: the physics stepper. ``mujoco``: MuJoCo's threaded batch on the CPU
-    cores (float64). ``warp``: MuJoCo Warp on the run's device (``--device cuda``; float32; all
+    cores (float64). ``warp``: MuJoCo Warp on the run's device (``train.device=cuda``; float32; all
     state stays on the GPU; needs ``pip install "rl_maml[warp]"``). See docs/environments.md."""
     nconmax: int | None = None
     """``backend=warp``: contacts allocated per world (default 32)."""
