@@ -27,7 +27,42 @@ from rl_maml.envs.locomotion import LocomotionEnv, SimState, read_state, step_re
 from torch import Tensor
 
 
-class BatchedLocomotion:
+class LocomotionBatchBase:
+    """What the batched locomotion steppers share: the single env they describe, the task
+    sampler, and the checks of ``reset``'s tasks and seeds."""
+
+    def _describe(self, env_cls: type[LocomotionEnv], num_envs: int, **env_kwargs) -> None:
+        if num_envs < 1:
+            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
+        self.proto = env_cls(**env_kwargs)
+        self.env_cls, self.TASKS, self.robot = env_cls, env_cls.TASKS, env_cls.ROBOT
+        self.num_envs = num_envs
+        self.horizon = self.proto.horizon
+        self.dt = self.proto.dt
+        self.frame_skip = self.proto.frame_skip
+        self.reference = self.proto.convention.reference
+        self.obs_dim = self.proto.obs_dim
+        self.act_dim = self.proto.action_space.shape[0]
+        self.observation_space, self.action_space = self.proto.observation_space, self.proto.action_space
+        self._torso = self.proto._torso
+
+    def sample_tasks(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """``n`` tasks of the family (a dict of arrays with leading axis ``n``) drawn from ``rng``."""
+        return self.TASKS.sample(n, rng)
+
+    def _reset_args(self, tasks: Mapping, seeds: Sequence[int] | int) -> tuple[dict[str, np.ndarray], list[int]]:
+        """``reset``'s tasks checked (one per env) and its seeds as one int per episode."""
+        checked = self.TASKS.validate_batch(tasks)
+        n = len(next(iter(checked.values())))
+        if n != self.num_envs:
+            raise ValueError(f"expected {self.num_envs} tasks (one per env), got {n}")
+        seeds = [seeds + i for i in range(n)] if isinstance(seeds, (int, np.integer)) else list(seeds)
+        if len(seeds) != n:
+            raise ValueError(f"expected {n} seeds, got {len(seeds)}")
+        return checked, seeds
+
+
+class BatchedLocomotion(LocomotionBatchBase):
     """N episodes of one locomotion family, stepped together.
 
     Args:
@@ -43,21 +78,8 @@ class BatchedLocomotion:
                  horizon: int | None = None, action_scale: float | None = None, cost_on_clipped: bool | None = None,
                  reset_noise_scale: float = 0.1, nthread: int = 0, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu"):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
-        self.proto = env_cls(convention=convention, horizon=horizon, action_scale=action_scale,
-                             cost_on_clipped=cost_on_clipped, reset_noise_scale=reset_noise_scale)
-        self.env_cls = env_cls
-        self.TASKS = env_cls.TASKS
-        self.robot = env_cls.ROBOT
-        self.num_envs = num_envs
-        self.horizon = self.proto.horizon
-        self.dt = self.proto.dt
-        self.frame_skip = self.proto.frame_skip
-        self.reference = self.proto.convention.reference
-        self.obs_dim = self.proto.obs_dim
-        self.act_dim = self.proto.action_space.shape[0]
-        self.observation_space, self.action_space = self.proto.observation_space, self.proto.action_space
+        self._describe(env_cls, num_envs, convention=convention, horizon=horizon, action_scale=action_scale,
+                       cost_on_clipped=cost_on_clipped, reset_noise_scale=reset_noise_scale)
         self.dtype, self.device = dtype, torch.device(device)
         model = self.proto.model
         self.batch = mjbatch.Batch(model, num_envs, nthread)
@@ -70,7 +92,6 @@ class BatchedLocomotion:
         self.subtree_com = self.batch.bind("subtree_com")  # [N, nbody, 3]
         # [N, nbody, 3]; filled by the maml models' subtreelinvel sensor (see load_model)
         self.subtree_linvel = self.batch.bind("subtree_linvel") if self.reference else None
-        self._torso = self.proto._torso
         self.alive = np.zeros(num_envs, dtype=bool)
 
     def _state(self) -> SimState:
@@ -80,23 +101,14 @@ class BatchedLocomotion:
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(self.dtype).to(self.device)
 
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``n`` tasks of the family (a dict of arrays with leading axis ``n``) drawn from ``rng``."""
-        return self.TASKS.sample(n, rng)
-
     def reset(self, tasks: Mapping, seeds: Sequence[int] | int) -> Tensor:
         """Start N episodes; ``tasks`` has a leading axis N; ``seeds`` one int per episode (or a base).
 
         Returns:
             Observations ``[N, obs_dim]``.
         """
-        self.task = self.TASKS.validate_batch(tasks)
-        n = len(next(iter(self.task.values())))
-        if n != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} tasks (one per env), got {n}")
-        seeds = [seeds + i for i in range(n)] if isinstance(seeds, (int, np.integer)) else list(seeds)
-        if len(seeds) != n:
-            raise ValueError(f"expected {n} seeds, got {len(seeds)}")
+        self.task, seeds = self._reset_args(tasks, seeds)
+        n = self.num_envs
         self.batch.reset(stage=mujoco.mjtStage.mjSTAGE_NONE)
         for i, seed in enumerate(seeds):
             rng, _ = seeding.np_random(int(seed))

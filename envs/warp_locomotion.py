@@ -42,6 +42,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 from gymnasium.utils import seeding
+from rl_maml.envs.batched import LocomotionBatchBase
 from rl_maml.envs.locomotion import LocomotionEnv, SimState, step_reward
 from torch import Tensor
 
@@ -74,7 +75,7 @@ def _warp_device(device: torch.device) -> str:
     raise ValueError(f"env.backend=warp runs on a CUDA device or the CPU, not on {device}")
 
 
-class WarpLocomotion:
+class WarpLocomotion(LocomotionBatchBase):
     """N episodes of one locomotion family, stepped together by MuJoCo Warp on one device.
 
     Args:
@@ -106,8 +107,6 @@ class WarpLocomotion:
                  reset_noise_scale: float = 0.1, dtype: torch.dtype = torch.float32,
                  device: str | torch.device = "cpu", nconmax: int = 32, njmax: int | None = None, graph: bool = True,
                  deterministic: bool = False):
-        if num_envs < 1:
-            raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if dtype != torch.float32:
             raise ValueError(f"env.backend=warp simulates in float32; dtype must be torch.float32, got {dtype}")
         if nconmax < 1:
@@ -119,17 +118,8 @@ class WarpLocomotion:
         wp_device = _warp_device(self.device)
         wp, mjw = import_warp()
         self._wp, self._mjw = wp, mjw
-        self.proto = env_cls(convention=convention, horizon=horizon, action_scale=action_scale,
-                             cost_on_clipped=cost_on_clipped, reset_noise_scale=reset_noise_scale)
-        self.env_cls, self.TASKS, self.robot = env_cls, env_cls.TASKS, env_cls.ROBOT
-        self.num_envs = num_envs
-        self.horizon = self.proto.horizon
-        self.dt = self.proto.dt
-        self.frame_skip = self.proto.frame_skip
-        self.reference = self.proto.convention.reference
-        self.obs_dim = self.proto.obs_dim
-        self.act_dim = self.proto.action_space.shape[0]
-        self.observation_space, self.action_space = self.proto.observation_space, self.proto.action_space
+        self._describe(env_cls, num_envs, convention=convention, horizon=horizon, action_scale=action_scale,
+                       cost_on_clipped=cost_on_clipped, reset_noise_scale=reset_noise_scale)
         self.dtype = dtype
         self.nconmax, self.njmax = nconmax, njmax
         model = self.proto.model
@@ -146,13 +136,13 @@ class WarpLocomotion:
         self._subtree_linvel = view(d.subtree_linvel) if self.reference else None
         self._qacc_warmstart = view(d.qacc_warmstart)
         self._overflow = view(d.overflow) if hasattr(d, "overflow") else None
-        self._torso = self.proto._torso
         self._ctrl_low = torch.as_tensor(self.proto._ctrl_low, dtype=dtype, device=self.device)
         self._ctrl_high = torch.as_tensor(self.proto._ctrl_high, dtype=dtype, device=self.device)
         self._init_qpos = torch.as_tensor(self.proto.init_qpos, dtype=dtype, device=self.device)
         self._init_qvel = torch.as_tensor(self.proto.init_qvel, dtype=dtype, device=self.device)
         self.alive = torch.zeros(num_envs, dtype=torch.bool, device=self.device)
         self._bad_actions = torch.zeros((), dtype=torch.bool, device=self.device)
+        self._zero = torch.zeros((), dtype=dtype, device=self.device)  # what masked rewards read
         self.steps = 0
         self._graph = None
         self._wp_device = wp_device
@@ -250,23 +240,14 @@ class WarpLocomotion:
         return SimState(self.qpos, self.qvel, self._cfrc_ext, self._xpos[:, t], self._xmat[:, t].reshape(n, 9),
                         self._subtree_com[:, t], None if self._subtree_linvel is None else self._subtree_linvel[:, t])
 
-    def sample_tasks(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-        """``n`` tasks of the family (a dict of arrays with leading axis ``n``) drawn from ``rng``."""
-        return self.TASKS.sample(n, rng)
-
     def reset(self, tasks: Mapping, seeds: Sequence[int] | int) -> Tensor:
         """Start N episodes; ``tasks`` has a leading axis N; ``seeds`` one int per episode (or a base).
 
         Returns:
             Observations ``[N, obs_dim]`` on the device.
         """
-        checked = self.TASKS.validate_batch(tasks)
-        n = len(next(iter(checked.values())))
-        if n != self.num_envs:
-            raise ValueError(f"expected {self.num_envs} tasks (one per env), got {n}")
-        seeds = [seeds + i for i in range(n)] if isinstance(seeds, (int, np.integer)) else list(seeds)
-        if len(seeds) != n:
-            raise ValueError(f"expected {n} seeds, got {len(seeds)}")
+        checked, seeds = self._reset_args(tasks, seeds)
+        n = self.num_envs
         if self.steps:
             self.check()
         self.task = {k: torch.as_tensor(v, dtype=self.dtype, device=self.device) for k, v in checked.items()}
@@ -317,7 +298,7 @@ class WarpLocomotion:
         terminated = self.robot.terminated(state.qpos, state.qvel) & live
         self.alive = live & ~terminated
         self.steps += 1
-        zero = torch.zeros((), dtype=self.dtype, device=self.device)
+        zero = self._zero
         reward = torch.where(live, reward, zero)
         done = ~self.alive | (self.steps >= self.horizon)
         info = {k: torch.where(live, v, zero) for k, v in terms.items()}
