@@ -230,15 +230,18 @@ class Trainer:
                         iteration % self.validate_every == 0 or iteration == self.num_iterations):
                     shown = {k.rsplit("/", 1)[-1]: f"{v:.3g}" for k, v in self._validate(iteration, logger).items()}
                     bar.write(f"iteration {iteration}: validation {shown}")
-                if iteration % self.checkpoint_every == 0 or iteration == self.num_iterations or stop.requested:
+                # Read the request once: a signal landing between the save and the exit check would
+                # otherwise stop the run without checkpointing the iteration it reports.
+                stopping = stop.requested
+                if iteration % self.checkpoint_every == 0 or iteration == self.num_iterations or stopping:
                     self.save(iteration)
                     saved = iteration
                     logger.flush()
                 bar.update(1)
-                if stop.requested and iteration < self.num_iterations:
+                if stopping and iteration < self.num_iterations:
                     bar.close()
                     raise TrainingInterrupted(
-                        f"interrupted by {stop.requested} after iteration {saved} (checkpointed); continue with: "
+                        f"interrupted by {stopping} after iteration {saved} (checkpointed); continue with: "
                         f"rl-maml train --run-dir {self.run_dir} --resume")
         bar.close()
         if start_iteration >= self.num_iterations and latest_checkpoint(self.ckpt_dir) is None:

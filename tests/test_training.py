@@ -94,3 +94,33 @@ def test_learners_improve_and_evaluate_shapes():
     # Adaptation helps MAML on its own support data.
     maml = learners["maml"].evaluate(test, 3)
     assert maml[1].mean() < maml[0].mean()
+
+
+def test_a_signal_after_the_checkpoint_decision_still_checkpoints_what_it_reports(tmp_path, monkeypatch):
+    """SIGTERM landing late in an iteration (here: in the progress bar's update, after the decision
+    whether to checkpoint) must not stop the run with the iteration it reports unsaved."""
+    import os
+    import signal
+
+    import rl_maml.training as training
+    from rl_maml.checkpoint import list_checkpoints
+
+    real_tqdm = training.tqdm
+
+    class SignallingBar(real_tqdm):
+        updates = 0
+
+        def update(self, n=1):
+            super().update(n)
+            SignallingBar.updates += n
+            if SignallingBar.updates == 3:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(training, "tqdm", SignallingBar)
+    cfg = tiny_config(num_iterations=12, checkpoint_every=100)
+    trainer, _ = make_trainer(cfg, tmp_path / "run")
+    with pytest.raises(training.TrainingInterrupted, match=r"SIGTERM after iteration (\d+)") as info:
+        trainer.run()
+    reported = int(info.value.args[0].split("after iteration ")[1].split()[0])
+    assert reported >= 3
+    assert [it for it, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [reported]
