@@ -13,7 +13,7 @@ All three adapt with the same engine at evaluation time and share the verbs belo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -122,19 +122,30 @@ class SupervisedLearner:
             yield {k: v.detach() for k, v in p.items()}
 
     def evaluate(self, batch: TaskBatch, num_steps: int,
-                 score: Callable[[Tensor, Tensor], Tensor] | None = None) -> Tensor:
+                 score: Callable[[Tensor, Tensor], Tensor] | None = None,
+                 score_steps: Sequence[int] | None = None) -> Tensor:
         """Per-task query scores after 0..num_steps test-time steps: ``[num_steps + 1, M]``.
 
         The score is the training criterion (the query loss) unless ``score(predictions [M, Q, ...],
         targets [M, Q, ...]) -> [M]`` is given, e.g. :func:`rl_maml.tasks.fewshot.accuracy`.
+        ``score_steps`` scores only after those step counts (rows in that order): scoring the query
+        set costs about as much as a step when it is larger than the support set.
         """
         _, query = self._prepared(batch)
-        out = []
-        for p in self.trajectory(batch, num_steps):
+        if score_steps is not None:
+            bad = [k for k in score_steps if not 0 <= k <= num_steps]
+            if bad or not score_steps:
+                raise ValueError(f"score_steps must be a non-empty list of step counts in 0..{num_steps}, got "
+                                 f"{list(score_steps)}")
+        wanted = set(range(num_steps + 1) if score_steps is None else score_steps)
+        scored: dict[int, Tensor] = {}
+        for k, p in enumerate(self.trajectory(batch, num_steps)):
+            if k not in wanted:
+                continue
             with torch.no_grad():
-                out.append(self.model.task_losses(p, query) if score is None else
-                           score(self.model.forward(p, query[0]), query[1]))
-        return torch.stack(out)
+                scored[k] = (self.model.task_losses(p, query) if score is None else
+                             score(self.model.forward(p, query[0]), query[1]))
+        return torch.stack([scored[k] for k in (range(num_steps + 1) if score_steps is None else score_steps)])
 
     def predict(self, params: Params, x: Tensor, tasks: dict[str, Tensor]) -> Tensor:
         """Predictions of per-task ``params`` at raw inputs ``x`` ``[M, N, ...]``."""

@@ -21,6 +21,10 @@ from torch import Tensor, nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 
+UNFOLD_MAX_IN_CHANNELS = 1
+"""Conv4.forward_tasks computes a first convolution with at most this many input channels as
+unfold + matmul (measured faster for Omniglot's one channel; see docs/performance.md)."""
+
 
 def _activation(name: str) -> nn.Module:
     try:
@@ -120,7 +124,7 @@ class Conv4(nn.Module):
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 5, hidden: int = 64, image_size: int = 28,
-                 downsample: str = "stride", running_stats: bool = False):
+                 downsample: str = "stride", running_stats: bool = False, per_task_min_batch: int = 40):
         super().__init__()
         if downsample not in ("stride", "maxpool"):
             raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
@@ -142,6 +146,10 @@ class Conv4(nn.Module):
         self.head = nn.Linear(head_in, num_classes)
         self.stride = 2 if downsample == "stride" else 1
         per_block = 4 if downsample == "maxpool" else 3
+        # How forward_tasks runs (see there): per-task dense convolutions from this many images
+        # per task on, and the first convolution as unfold + matmul at few input channels.
+        self.per_task_min_batch = per_task_min_batch
+        self._unfold_first = in_channels <= UNFOLD_MAX_IN_CHANNELS
         # Parameter names of each block's convolution and batch norm, for forward_tasks.
         self._blocks = [(f"features.{per_block * i}", f"features.{per_block * i + 1}") for i in range(4)]
 
@@ -167,29 +175,49 @@ class Conv4(nn.Module):
         """Apply per-task parameters ``[M, ...]`` to per-task images ``x`` ``[M, B, C, H, W]``.
 
         Equal to applying the network to each task separately (tested against a per-task loop in
-        float64, second-order gradients included), but in one pass: the activations are held as
-        ``[B, M * channels, H, W]`` and each convolution is one grouped convolution with ``M``
-        groups. Returns logits ``[M, B, num_classes]``.
+        float64, second-order gradients included). Returns logits ``[M, B, num_classes]``. Two
+        execution paths, chosen by the per-task batch ``B``:
 
-        ``start``/``stop`` run only layers ``start..stop-1`` (as :meth:`forward`): with ``stop < 5``
-        the result is the activation in the folded layout, which a later call with ``start = stop``
-        takes as its ``x``.
+        - ``B < per_task_min_batch`` (support sets, small query sets): one pass over all tasks.
+          The activations are held as ``[B, M * channels, H, W]``; each convolution is one grouped
+          convolution with ``M`` groups, and batch norm is one ``F.batch_norm`` call whose
+          channels are the (task, channel) pairs.
+        - larger ``B`` (15 query images per class, evaluation): a dense convolution per task
+          (not while training with tracked running statistics, whose update the first path
+          averages over tasks).
+          Grouped convolutions and whole-meta-batch elementwise ops lose to it there (their
+          backward passes stream tensors far larger than the cache).
+
+        The first convolution of a network with few input channels (Omniglot's one) is an
+        ``unfold`` and a matrix product on either path, several times faster than the
+        convolution kernels at one input channel.
+
+        ``start``/``stop`` run only layers ``start..stop-1`` (as :meth:`forward`), on the first
+        path: with ``stop < 5`` the result is the activation in the folded layout, which a later
+        call with ``start = stop`` takes as its ``x``.
         """
         stop = 5 if stop is None else stop
         m = params["head.weight"].shape[0]
+        if start == 0 and stop == 5 and x.shape[1] >= self.per_task_min_batch and not self._updates_running_stats():
+            return torch.stack([self._forward_one_task(params, buffers, i, x[i]) for i in range(m)])
         if start == 0:
             b = x.shape[1]
-            h = x.transpose(0, 1).reshape(b, m * x.shape[2], *x.shape[3:])
+            h = None
         else:
             h, b = x, x.shape[0]
-        for conv, bn in self._blocks[start:min(stop, 4)]:
-            w = params[f"{conv}.weight"]
-            h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), params[f"{conv}.bias"].reshape(-1),
-                         stride=self.stride, padding=1, groups=m)
-            norm = self.get_submodule(bn)
-            var, mean = norm.statistics(h, buffers.get(f"{bn}.running_mean"), buffers.get(f"{bn}.running_var"), m)
-            scale = params[f"{bn}.weight"].reshape(1, -1, 1, 1) * torch.rsqrt(var + norm.eps)
-            h = torch.relu(torch.addcmul(params[f"{bn}.bias"].reshape(1, -1, 1, 1) - mean * scale, h, scale))
+        for layer, (conv, bn) in enumerate(self._blocks[start:min(stop, 4)], start):
+            w, bias = params[f"{conv}.weight"], self._conv_bias(params, conv, bn)
+            if layer == 0 and self._unfold_first:
+                # [M, B, O, Ho, Wo] from the unfold-matmul, then into the folded layout
+                h = self._first_conv(x, w, bias).transpose(0, 1).flatten(1, 2)
+            else:
+                if h is None:
+                    h = x.transpose(0, 1).reshape(b, m * x.shape[2], *x.shape[3:])
+                h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if bias is None else bias.reshape(-1),
+                             stride=self.stride, padding=1,
+                             groups=m)
+            shift = params[f"{bn}.bias"] if bias is not None else params[f"{bn}.bias"] + 0 * params[f"{conv}.bias"]
+            h = self._norm_relu(bn, h, params[f"{bn}.weight"].reshape(-1), shift.reshape(-1), buffers, m)
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
         if stop < 5:
@@ -200,3 +228,62 @@ class Conv4(nn.Module):
             feats = h.reshape(b, m, -1)  # channels are task-major, so each task's block is (C, h, w)
         w, bias = params["head.weight"], params["head.bias"]  # [M, classes, F], [M, classes]
         return torch.baddbmm(bias.unsqueeze(1), feats.transpose(0, 1), w.transpose(1, 2))
+
+    def _updates_running_stats(self) -> bool:
+        """Training with tracked statistics: the grouped path averages the update over tasks."""
+        return self.training and any(getattr(m, "track_running_stats", False) for m in self.modules())
+
+    def _conv_bias(self, params: dict[str, Tensor], conv: str, bn: str, i: int | None = None) -> Tensor | None:
+        """A convolution's bias, or None where the batch norm after it only uses batch statistics: the
+        normalisation subtracts the per-channel mean, so the bias cancels exactly (its gradient is
+        zero) and adding it would be a wasted pass over the activations. The callers keep it in
+        the graph through the batch norm's shift (times zero), so gradients with respect to every
+        parameter exist."""
+        if not self.get_submodule(bn).track_running_stats:  # (tracked estimates include the bias)
+            return None
+        bias = params[f"{conv}.bias"]
+        return bias if i is None else bias[i]
+
+    def _first_conv(self, x: Tensor, w: Tensor, bias: Tensor) -> Tensor:
+        """The first 3x3 convolution as unfold + matmul: ``x`` ``[*, B, C, H, W]``, ``w``
+        ``[*, O, C, 3, 3]``, ``bias`` ``[*, O]`` -> ``[*, B, O, Ho, Wo]`` (``*``: nothing or tasks)."""
+        ho = (x.shape[-2] + 2 - 3) // self.stride + 1
+        wo = (x.shape[-1] + 2 - 3) // self.stride + 1
+        cols = F.unfold(x.reshape(-1, *x.shape[-3:]), 3, padding=1, stride=self.stride)  # [*B, C*9, Ho*Wo]
+        cols = cols.view(*x.shape[:-3], *cols.shape[1:])  # [*, B, C*9, Ho*Wo]
+        out = torch.matmul(w.flatten(-3).unsqueeze(-3), cols)
+        if bias is not None:
+            out = out + bias.unsqueeze(-2).unsqueeze(-1)
+        return out.view(*out.shape[:-1], ho, wo)
+
+    def _norm_relu(self, bn: str, h: Tensor, weight: Tensor, bias: Tensor, buffers: dict[str, Tensor],
+                   groups: int) -> Tensor:
+        """Batch norm and ReLU of ``h`` whose channels are ``groups`` tasks' channels side by side
+        (``weight``/``bias`` flattened to match)."""
+        norm = self.get_submodule(bn)
+        if norm.track_running_stats and norm.training:  # the running estimates are averaged over tasks
+            var, mean = norm.statistics(h, buffers.get(f"{bn}.running_mean"), buffers.get(f"{bn}.running_var"), groups)
+            scale = weight.view(1, -1, 1, 1) * torch.rsqrt(var + norm.eps)
+            return torch.relu(torch.addcmul(bias.view(1, -1, 1, 1) - mean * scale, h, scale))
+        if norm.track_running_stats:
+            h = F.batch_norm(h, buffers[f"{bn}.running_mean"].repeat(groups), buffers[f"{bn}.running_var"].repeat(groups),
+                             weight, bias, False, 0.0, norm.eps)
+        else:  # statistics of the batch: biased variance over (B, H, W) per channel, as TaskBatchNorm2d
+            h = F.batch_norm(h, None, None, weight, bias, True, 0.0, norm.eps)
+        return torch.relu(h) if torch.is_grad_enabled() else h.relu_()
+
+    def _forward_one_task(self, params: dict[str, Tensor], buffers: dict[str, Tensor], i: int, x: Tensor) -> Tensor:
+        """Task ``i``'s logits ``[B, classes]`` from its images ``x`` ``[B, C, H, W]`` (dense convolutions)."""
+        h = x
+        for layer, (conv, bn) in enumerate(self._blocks):
+            w, bias = params[f"{conv}.weight"][i], self._conv_bias(params, conv, bn, i)
+            if layer == 0 and self._unfold_first:
+                h = self._first_conv(h, w, bias)
+            else:
+                h = F.conv2d(h, w, bias, stride=self.stride, padding=1)
+            shift = params[f"{bn}.bias"][i] if bias is not None else params[f"{bn}.bias"][i] + 0 * params[f"{conv}.bias"][i]
+            h = self._norm_relu(bn, h, params[f"{bn}.weight"][i], shift, buffers, 1)
+            if self.downsample == "maxpool":
+                h = F.max_pool2d(h, 2)
+        feats = h.mean(dim=(2, 3)) if self.downsample == "stride" else h.flatten(1)
+        return torch.addmm(params["head.bias"][i], feats, params["head.weight"][i].t())

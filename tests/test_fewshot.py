@@ -31,20 +31,25 @@ needs_omniglot = pytest.mark.skipif(not (OMNIGLOT / "images_background.zip").is_
 
 
 @pytest.mark.parametrize("downsample,size,running", [("stride", 28, False), ("maxpool", 20, False),
-                                                     ("stride", 28, True)])
+                                                     ("stride", 28, True), ("maxpool", 20, True)])
 @pytest.mark.parametrize("first_order", [False, True])
-def test_folded_conv4_meta_gradient_equals_per_task_loop(float64, downsample, size, running, first_order):
-    """Grouped-convolution batching gives the per-task loop's second-order meta-gradient (float64)."""
+@pytest.mark.parametrize("path", ["grouped", "mixed"])
+def test_folded_conv4_meta_gradient_equals_per_task_loop(float64, downsample, size, running, first_order, path):
+    """Both batched paths of Conv4.forward_tasks (grouped convolutions; dense per-task ones from
+    ``per_task_min_batch`` images per task on; the support on one, the query on the other) give
+    the per-task loop's second-order meta-gradient (float64)."""
     torch.manual_seed(0)
     channels = 3 if downsample == "maxpool" else 1
-    net = Conv4(channels, 4, hidden=6, image_size=size, downsample=downsample, running_stats=running)
+    min_batch = {"grouped": 10**9, "mixed": 8}[path]
+    net = Conv4(channels, 4, hidden=6, image_size=size, downsample=downsample, running_stats=running,
+                per_task_min_batch=min_batch)
     assert hasattr(net, "forward_tasks")
     model = TaskBatchedModel(net, F.cross_entropy)
     params = params_of(net)
     g = torch.Generator().manual_seed(1)
-    m, n = 3, 8
+    m, n, q = 3, 5, 8
     support = (torch.randn(m, n, channels, size, size, generator=g), torch.randint(0, 4, (m, n), generator=g))
-    query = (torch.randn(m, n, channels, size, size, generator=g), torch.randint(0, 4, (m, n), generator=g))
+    query = (torch.randn(m, q, channels, size, size, generator=g), torch.randint(0, 4, (m, q), generator=g))
     if running:  # eval mode: normalise with (non-trivial) running statistics
         net.eval()
         for mod in net.modules():
@@ -62,9 +67,10 @@ def test_folded_conv4_meta_gradient_equals_per_task_loop(float64, downsample, si
         assert (a - b).abs().max() < 1e-10, k
 
 
-def test_running_statistics_are_updated_in_training_and_used_in_eval():
+@pytest.mark.parametrize("per_task_min_batch", [40, 1])  # the dense per-task path must not update per task
+def test_running_statistics_are_updated_in_training_and_used_in_eval(per_task_min_batch):
     torch.manual_seed(0)
-    net = Conv4(1, 5, hidden=4, running_stats=True)
+    net = Conv4(1, 5, hidden=4, running_stats=True, per_task_min_batch=per_task_min_batch)
     model = TaskBatchedModel(net, F.cross_entropy)
     params = {k: v.detach().unsqueeze(0).expand(2, *v.shape) for k, v in params_of(net).items()}
     x = 3 + 2 * torch.randn(2, 10, 1, 28, 28)
@@ -79,6 +85,46 @@ def test_running_statistics_are_updated_in_training_and_used_in_eval():
     a = model.forward(params, x)[0]
     b = model.forward(params, torch.cat([x[:, :5], torch.zeros_like(x[:, 5:])], dim=1))[0]
     assert torch.allclose(a[:5], b[:5])  # eval mode: an image's logits do not depend on its batch
+
+
+def _tiny_eval_setup():
+    from rl_maml.agents import MAMLLearner
+
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (12, 6, 14, 14), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    sampler = FewShotTasks(images, ways=3, shots=1, query=2)
+    learner = MAMLLearner(Conv4(1, 3, hidden=4, image_size=14), F.cross_entropy,
+                          InnerLoop(ConstantStepSize(0.4), 1), 1e-3)
+    return learner, sampler
+
+
+def test_evaluation_tasks_do_not_depend_on_the_chunk_size():
+    """eval.chunk_size only bounds memory: the test tasks, hence the accuracies, stay the same
+    (tasks are drawn in fixed blocks; 130 crosses a block boundary)."""
+    from rl_maml.experiments.fewshot import evaluate_tasks
+
+    learner, sampler = _tiny_eval_setup()
+    cpu = torch.device("cpu")
+    a = evaluate_tasks(learner, sampler, 130, 2, 7, "t", 100, cpu)
+    b = evaluate_tasks(learner, sampler, 130, 2, 7, "t", 17, cpu)
+    assert a.shape == (3, 130)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    # scoring only some step counts gives those rows, in the order asked for
+    c = evaluate_tasks(learner, sampler, 130, 2, 7, "t", 100, cpu, score_steps=[2, 0])
+    torch.testing.assert_close(c, a[[2, 0]], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="score_steps"):
+        evaluate_tasks(learner, sampler, 10, 2, 7, "t", 100, cpu, score_steps=[3])
+
+
+def test_score_steps_config_is_checked():
+    from rl_maml.config import ConfigError
+    from rl_maml.experiments.fewshot import FewShotEvalConfig
+
+    with pytest.raises(ConfigError, match="eval.score_steps"):
+        FewShotEvalConfig(max_steps=10, score_steps=[11])
+    with pytest.raises(ConfigError, match="eval.score_steps"):
+        FewShotEvalConfig(score_steps=[])
+    assert FewShotEvalConfig(score_steps=[0, 10]).score_steps == [0, 10]
 
 
 # -- the sampler -------------------------------------------------------------------------------
