@@ -62,8 +62,10 @@ def test_frozen_tensors_are_unchanged_and_left_out_of_the_inner_graph():
     frozen = [n for g in net.layer_groups()[:3] for n in g]
     for n in frozen:
         assert torch.equal(adapted[n][0], params[n]) and not adapted[n].requires_grad
+    # A convolution's bias before batch norm on batch statistics cancels (its gradient is exactly
+    # zero; Conv4.forward_tasks leaves it out), so the adapted tensors that change are the others.
     for n in net.layer_groups()[3] + net.layer_groups()[4]:
-        assert not torch.equal(adapted[n][0], params[n])
+        assert torch.equal(adapted[n][0], params[n]) == (n == "features.9.bias"), n
     # the prefix features were computed without a graph: no backward can reach the frozen layers
     features = model.forward_range({n: v.unsqueeze(0).expand(3, *v.shape) for n, v in params.items()},
                                    support[0], 0, k)
