@@ -19,7 +19,8 @@ __all__ = ["SupervisedLearner", "MAMLLearner", "AlphaMAMLLearner", "LambdaMAMLLe
 
 
 def make_supervised_learner(method: str, module, criterion, inner_config, variant_config, outer_lr: float,
-                            finetune_lr: float = 0.01, task_keys: tuple[str, ...] = ()) -> SupervisedLearner:
+                            finetune_lr: float = 0.01, task_keys: tuple[str, ...] = (), mamlpp=None,
+                            num_iterations: int | None = None) -> SupervisedLearner:
     """Build the learner a config names (``maml``, ``alpha_maml``, ``lambda_maml``, ``pretrained``,
     ``oracle``): the variants are sibling classes; this table is the only place that chooses."""
     from rl_maml.config import ConfigError
@@ -29,7 +30,8 @@ def make_supervised_learner(method: str, module, criterion, inner_config, varian
     def maml():
         inner, learned = make_inner_loop(inner_config, dict(module.named_parameters()))
         device = next(module.parameters()).device
-        return MAMLLearner(module, criterion, inner, outer_lr, learned.to(device) if learned is not None else None)
+        return MAMLLearner(module, criterion, inner, outer_lr, learned.to(device) if learned is not None else None,
+                           mamlpp=mamlpp, num_iterations=num_iterations)
 
     def alpha_maml():
         v = variant_config
@@ -51,6 +53,11 @@ def make_supervised_learner(method: str, module, criterion, inner_config, varian
     }
     if method not in factories:
         raise ConfigError(f"unknown method {method!r}; choose one of {sorted(factories)}")
+    if mamlpp is not None and mamlpp.enabled() and method != "maml":
+        raise ConfigError(f"the mamlpp options apply to method maml only, not {method!r}; switch them off or use "
+                          "method: maml")
+    if inner_config.step_size == "learned_per_step" and method not in ("maml",):
+        raise ConfigError(f"inner.step_size=learned_per_step applies to method maml only, not {method!r}")
     try:
         return factories[method]()
     except ValueError as e:

@@ -13,6 +13,8 @@ All three adapt with the same engine at evaluation time and share the verbs belo
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -21,7 +23,8 @@ from torch import Tensor, nn
 from rl_maml.aliases import Params
 from rl_maml.functional import TaskBatchedModel, expand_params, params_of
 from rl_maml.inner import ConstantStepSize, InnerLoop, LearnedStepSize
-from rl_maml.maml import meta_loss
+from rl_maml.config import MAMLPlusPlusConfig
+from rl_maml.maml import meta_loss, multi_step_loss_weights
 from rl_maml.patterns import LayerPattern, adapt_with_pattern
 from rl_maml.tasks.base import TaskBatch
 
@@ -186,19 +189,71 @@ class MAMLLearner(SupervisedLearner):
         inner: InnerLoop,
         outer_lr: float,
         learned_step_size: LearnedStepSize | None = None,
+        mamlpp: MAMLPlusPlusConfig | None = None,
+        num_iterations: int | None = None,
     ):
         extra = {"step_size": learned_step_size} if learned_step_size is not None else None
         super().__init__(module, criterion, outer_lr, inner, extra)
         self.inner = inner
         self.learned_step_size = learned_step_size
+        self.mamlpp = mamlpp if mamlpp is not None else MAMLPlusPlusConfig()
+        if self.mamlpp.multi_step_loss and inner.num_steps < 1:
+            raise ValueError("mamlpp.multi_step_loss needs inner.num_inner_steps >= 1")
+        if self.mamlpp.cosine_outer_lr and not num_iterations:
+            raise ValueError("mamlpp.cosine_outer_lr needs the run's num_iterations")
+        self.outer_lr = outer_lr
+        self.num_iterations = num_iterations
+        self._first_order_inner = dataclasses.replace(inner, first_order=True)
+        self.iterations = 0
+        """Meta-updates taken so far (checkpointed; the MAML++ schedules follow it)."""
+
+    def training_inner(self) -> InnerLoop:
+        """The inner loop of the next meta-update (first order during derivative-order annealing)."""
+        return self._first_order_inner if self.iterations < self.mamlpp.first_order_iterations else self.inner
+
+    def step_weights(self) -> list[float] | None:
+        """The multi-step-loss weights of the next meta-update, or None (the last step only)."""
+        if not self.mamlpp.multi_step_loss:
+            return None
+        return multi_step_loss_weights(self.inner.num_steps, self.iterations / self.mamlpp.msl_anneal_iterations)
+
+    def outer_lr_at(self, iteration: int) -> float:
+        """The outer step size of meta-update ``iteration`` (0-based): cosine-annealed or constant."""
+        if not self.mamlpp.cosine_outer_lr:
+            return self.outer_lr
+        lo, t = self.mamlpp.min_outer_lr, min(iteration / max(self.num_iterations - 1, 1), 1.0)
+        return lo + 0.5 * (self.outer_lr - lo) * (1 + math.cos(math.pi * t))
+
+    def train_step(self, batch: TaskBatch) -> dict[str, float]:
+        lr = self.outer_lr_at(self.iterations)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        second_order = not self.training_inner().first_order
+        metrics = super().train_step(batch)
+        self.iterations += 1
+        if self.mamlpp.enabled():
+            metrics["charts/outer_lr"] = lr
+            metrics["charts/second_order"] = float(second_order)
+        return metrics
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "counters": {"iterations": self.iterations}}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.iterations = int(state.get("counters", {}).get("iterations", 0))
 
     def loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         support, query = self._prepared(batch)
-        result = meta_loss(self.model, self.params, self.inner, support, query)
+        weights = self.step_weights()
+        result = meta_loss(self.model, self.params, self.training_inner(), support, query, step_weights=weights)
         metrics = {
             "losses/support_pre": result.support_losses.mean().item(),
-            "losses/query_post": result.loss.item(),
+            "losses/query_post": result.query_losses.mean().item(),
         }
+        if weights is not None:
+            metrics["losses/multi_step"] = result.loss.item()
+            metrics["charts/msl_last_step_weight"] = weights[-1]
         for n in self.params:  # step sizes of the first inner step (learned ones change)
             lr = self.inner.step_size(0, n)
             metrics[f"charts/inner_lr/{n}"] = lr.detach().mean().item() if isinstance(lr, Tensor) else float(lr)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rl_maml.agents import SupervisedLearner, make_supervised_learner
-from rl_maml.config import ConfigError, InnerConfig, TrainConfig, VariantConfig
+from rl_maml.config import ConfigError, InnerConfig, MAMLPlusPlusConfig, TrainConfig, VariantConfig
 from rl_maml.nn import Conv4
 from rl_maml.seeding import seed_everything, torch_generator
 from rl_maml.stats import mean_ci95
@@ -128,6 +128,7 @@ class FewShotConfig:
     model: ConvModelConfig = field(default_factory=ConvModelConfig)
     inner: InnerConfig = field(default_factory=lambda: InnerConfig(inner_lr=0.4))
     variant: VariantConfig = field(default_factory=VariantConfig)
+    mamlpp: MAMLPlusPlusConfig = field(default_factory=MAMLPlusPlusConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(meta_batch_size=32, num_threads=None))
     eval: FewShotEvalConfig = field(default_factory=FewShotEvalConfig)
 
@@ -181,7 +182,7 @@ def build_learner(cfg: FewShotConfig, device: torch.device, dataset: Dataset) ->
     net = Conv4(dataset.channels, cfg.task.ways, hidden=hidden, image_size=dataset.image_size,
                 downsample="stride" if omniglot else "maxpool", running_stats=cfg.model.batch_norm == "running")
     return make_supervised_learner(cfg.method, net.to(device), F.cross_entropy, cfg.inner, cfg.variant,
-                                   cfg.train.outer_lr)
+                                   cfg.train.outer_lr, mamlpp=cfg.mamlpp, num_iterations=cfg.train.num_iterations)
 
 
 SAMPLE_BLOCK = 100

@@ -270,9 +270,10 @@ class InnerConfig:
     """Inner gradient steps taken during meta-training."""
     first_order: bool = False
     """Drop second-order terms of the meta-gradient (first-order MAML)."""
-    step_size: Literal["fixed", "learned", "learned_per_element"] = "fixed"
+    step_size: Literal["fixed", "learned", "learned_per_element", "learned_per_step"] = "fixed"
     """fixed: alpha (or per_tensor_lr); learned: one step size per tensor optimised by the outer
-    loop; learned_per_element: one per parameter entry (Meta-SGD)."""
+    loop; learned_per_element: one per parameter entry (Meta-SGD); learned_per_step: one per tensor
+    and inner step (MAML++'s LSLR; test-time steps past num_inner_steps use the last)."""
     per_tensor_lr: dict[str, float] = dataclasses.field(default_factory=dict)
     """Fixed step sizes for named parameter tensors (others use inner_lr); fixed step_size only."""
     adapt: list[str] | None = None
@@ -325,6 +326,36 @@ class TrainConfig:
             raise ConfigError(f"train.outer_lr must be > 0, got {self.outer_lr}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ConfigError(f"train.num_threads must be >= 1 or null, got {self.num_threads}")
+
+
+@dataclasses.dataclass
+class MAMLPlusPlusConfig:
+    """MAML++ training options (Antoniou, Edwards and Storkey 2019, arXiv 1810.09502) for the
+    method maml; each is a switch on the same engine. Per-layer per-step inner step sizes (LSLR)
+    are inner.step_size=learned_per_step."""
+
+    multi_step_loss: bool = False
+    """Score the query set after every inner step (weights from uniform onto the last step over
+    msl_anneal_iterations) instead of after the last only."""
+    msl_anneal_iterations: int = 5000
+    """Meta-iterations over which the multi-step loss weights move onto the last step."""
+    first_order_iterations: int = 0
+    """Derivative-order annealing: first-order meta-gradients for this many meta-iterations, then
+    second order (0: off)."""
+    cosine_outer_lr: bool = False
+    """Cosine annealing of the outer (Adam) step size from train.outer_lr to min_outer_lr over
+    train.num_iterations."""
+    min_outer_lr: float = 1e-5
+    """The outer step size at the end of the cosine schedule."""
+
+    def __post_init__(self) -> None:
+        if self.msl_anneal_iterations < 1 or self.first_order_iterations < 0:
+            raise ConfigError("mamlpp.msl_anneal_iterations must be >= 1 and mamlpp.first_order_iterations >= 0")
+        if not (0 <= self.min_outer_lr < float("inf")):
+            raise ConfigError(f"mamlpp.min_outer_lr must be a finite number >= 0, got {self.min_outer_lr}")
+
+    def enabled(self) -> bool:
+        return self.multi_step_loss or self.first_order_iterations > 0 or self.cosine_outer_lr
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ Step sizes and masks are small objects:
 - :class:`ConstantStepSize` (one scalar, optionally scaled per step),
   :class:`PerTensorStepSize` (one float per parameter tensor) and
   :class:`LearnedStepSize` (tensors the outer loop optimises; per tensor or per element as in
-  Meta-SGD, arXiv 1707.09835);
+  Meta-SGD, arXiv 1707.09835, optionally one per inner step as MAML++'s LSLR);
 - :class:`AdaptationMask`: which parameter tensors adapt at which inner step. Tensors left out
   are not differentiated at all: autograd is asked only for the adapted ones, so it computes no
   weight gradient for the others and stops backpropagating below the lowest adapted layer.
@@ -122,24 +122,33 @@ class LearnedStepSize(nn.Module):
         params: the model parameters whose step sizes are learned (names and shapes).
         init: initial value of every step size.
         per_element: one step size per parameter entry (Meta-SGD) instead of one per tensor.
+        per_step: if > 0, a separate step size per inner step for the first ``per_step`` steps
+            (MAML++'s per-layer per-step learning rates, LSLR, arXiv 1810.09502); later steps
+            (e.g. more steps at test time) use the last one.
     """
 
-    def __init__(self, params: Params, init: float, per_element: bool = False):
+    def __init__(self, params: Params, init: float, per_element: bool = False, per_step: int = 0):
         super().__init__()
         _check_rate(init, "initial step size")
+        if per_step < 0:
+            raise ValueError(f"per_step must be >= 0, got {per_step}")
         self.names = tuple(params)
         self.per_element = per_element
+        self.per_step = per_step
+        lead = (per_step,) if per_step else ()
         self.rates = nn.ParameterDict(
             {
                 _key(n): nn.Parameter(
-                    torch.full(p.shape if per_element else (), float(init), dtype=p.dtype, device=p.device)
+                    torch.full((*lead, *(p.shape if per_element else ())), float(init), dtype=p.dtype,
+                               device=p.device)
                 )
                 for n, p in params.items()
             }
         )
 
     def __call__(self, step: int, name: str) -> Tensor:  # type: ignore[override]
-        return self.rates[_key(name)]
+        rate = self.rates[_key(name)]
+        return rate[min(step, self.per_step - 1)] if self.per_step else rate
 
     def as_dict(self) -> dict[str, Tensor]:
         """Name -> current step-size tensor (for logging)."""
@@ -326,7 +335,8 @@ def make_inner_loop(config: InnerConfig, params: Params) -> tuple[InnerLoop, Lea
         else:
             step_size = ConstantStepSize(config.inner_lr, tuple(float(x) for x in config.step_scales))
     else:
-        learned = LearnedStepSize(params, config.inner_lr, per_element=config.step_size == "learned_per_element")
+        learned = LearnedStepSize(params, config.inner_lr, per_element=config.step_size == "learned_per_element",
+                                  per_step=max(config.num_inner_steps, 1) if config.step_size == "learned_per_step" else 0)
         step_size = learned
     mask = None
     if config.adapt is not None:

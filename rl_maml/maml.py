@@ -9,6 +9,7 @@ it is the reference that tests and benchmarks compare against.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
@@ -36,8 +37,14 @@ def meta_loss(
     inner: InnerLoop,
     support: tuple[Tensor, Tensor],
     query: tuple[Tensor, Tensor],
+    step_weights: Sequence[float] | None = None,
 ) -> MetaLoss:
-    """MAML objective for a meta-batch: support/query tensors are ``[M, K, ...]``."""
+    """MAML objective for a meta-batch: support/query tensors are ``[M, K, ...]``.
+
+    ``step_weights`` (one per inner step) makes it MAML++'s multi-step loss (arXiv 1810.09502):
+    the weighted sum over steps ``s`` of the mean query loss after ``s + 1`` steps, instead of the
+    query loss after the last step only. ``query_losses`` are then the last step's.
+    """
     num_tasks = support[0].shape[0]
     pre_losses = None
 
@@ -48,11 +55,37 @@ def meta_loss(
             pre_losses = losses.detach()
         return losses
 
-    adapted = inner.adapt(params, support_loss, support, num_tasks=num_tasks)
-    if pre_losses is None:  # zero inner steps
-        pre_losses = model.task_losses(adapted, support).detach()
-    query_losses = model.task_losses(adapted, query)
-    return MetaLoss(query_losses.mean(), query_losses, pre_losses, adapted)
+    if step_weights is None:
+        adapted = inner.adapt(params, support_loss, support, num_tasks=num_tasks)
+        if pre_losses is None:  # zero inner steps
+            pre_losses = model.task_losses(adapted, support).detach()
+        query_losses = model.task_losses(adapted, query)
+        return MetaLoss(query_losses.mean(), query_losses, pre_losses, adapted)
+    if len(step_weights) != inner.num_steps or inner.num_steps < 1:
+        raise ValueError(f"step_weights needs one weight per inner step ({inner.num_steps}), got {len(step_weights)}")
+    total: Tensor | None = None
+    trajectory = inner.trajectory(params, support_loss, support, num_tasks=num_tasks)
+    next(trajectory)  # the initial parameters: not scored
+    for weight, adapted in zip(step_weights, trajectory):
+        query_losses = model.task_losses(adapted, query)
+        if weight:
+            term = weight * query_losses.mean()
+            total = term if total is None else total + term
+    if total is None:
+        raise ValueError("step_weights are all zero")
+    return MetaLoss(total, query_losses, pre_losses, adapted)
+
+
+def multi_step_loss_weights(num_steps: int, progress: float, min_weight: float = 0.03) -> list[float]:
+    """MAML++'s annealed multi-step-loss weights: uniform (``1 / num_steps`` each) at
+    ``progress = 0``, shifting linearly onto the last step until ``progress = 1``, where every
+    earlier step keeps ``min_weight / num_steps``. The weights sum to one."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    t = min(max(progress, 0.0), 1.0)
+    floor = min_weight / num_steps
+    early = [max((1.0 - t) / num_steps, floor) if t < 1 else floor for _ in range(num_steps - 1)]
+    return [*early, 1.0 - sum(early)]
 
 
 def per_task_meta_loss(
