@@ -145,14 +145,16 @@ def shard_learners(learners, shard: TaskShard | None) -> None:
     if shard is None:
         return
     for name, learner in learners.items():
-        if type(learner).train_step is not _supervised_train_step():
+        if type(learner).train_step not in _shardable_train_steps():
             raise NotImplementedError(f"the {name} learner does not split across processes yet; run it in one process")
         learner.shard = shard
         for tensor in [*learner.module.parameters(), *learner.module.buffers()]:
             dist.broadcast(tensor.data, src=0)
 
 
-def _supervised_train_step():
-    from rl_maml.agents.supervised import SupervisedLearner
+def _shardable_train_steps():
+    """The train steps that average gradients over ranks: the shared one, and MAML's, which sets
+    its schedules' step size and then calls it."""
+    from rl_maml.agents.supervised import MAMLLearner, SupervisedLearner
 
-    return SupervisedLearner.train_step
+    return (SupervisedLearner.train_step, MAMLLearner.train_step)
