@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from rl_maml.aliases import Params
 from rl_maml.functional import TaskBatchedModel, expand_params, params_of
-from rl_maml.inner import ConstantStepSize, InnerLoop, LearnedStepSize
+from rl_maml.inner import ConstantStepSize, InnerLoop, LearnedStepSize, at_inner_step, query_step
 from rl_maml.config import MAMLPlusPlusConfig
 from rl_maml.maml import meta_loss, multi_step_loss_weights
 from rl_maml.patterns import LayerPattern, adapt_with_pattern
@@ -145,7 +145,7 @@ class SupervisedLearner:
         for k, p in enumerate(self.trajectory(batch, num_steps)):
             if k not in wanted:
                 continue
-            with torch.no_grad():
+            with torch.no_grad(), at_inner_step(query_step(k)):
                 scored[k] = (self.model.task_losses(p, query) if score is None else
                              score(self.model.forward(p, query[0]), query[1]))
         return torch.stack([scored[k] for k in (range(num_steps + 1) if score_steps is None else score_steps)])

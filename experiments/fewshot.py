@@ -74,6 +74,9 @@ class ConvModelConfig:
     batch_norm: Literal["batch", "running"] = "batch"
     """batch: normalise every batch with its own statistics (the paper); running: track running
     statistics in meta-training and use them at test time."""
+    per_step_bn: bool = False
+    """MAML++: batch-norm weights and biases (and running statistics) per inner step; rows past
+    inner.num_inner_steps (more steps at test time) reuse the last."""
 
 
 @dataclass
@@ -180,7 +183,8 @@ def build_learner(cfg: FewShotConfig, device: torch.device, dataset: Dataset) ->
     omniglot = cfg.data.dataset == "omniglot"
     hidden = cfg.model.hidden or (64 if omniglot else 32)
     net = Conv4(dataset.channels, cfg.task.ways, hidden=hidden, image_size=dataset.image_size,
-                downsample="stride" if omniglot else "maxpool", running_stats=cfg.model.batch_norm == "running")
+                downsample="stride" if omniglot else "maxpool", running_stats=cfg.model.batch_norm == "running",
+                per_step_bn=max(cfg.inner.num_inner_steps, 1) if cfg.model.per_step_bn else 0)
     return make_supervised_learner(cfg.method, net.to(device), F.cross_entropy, cfg.inner, cfg.variant,
                                    cfg.train.outer_lr, mamlpp=cfg.mamlpp, num_iterations=cfg.train.num_iterations)
 

@@ -23,6 +23,8 @@ Step sizes and masks are small objects:
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,7 +45,37 @@ __all__ = [
     "AdaptationMask",
     "InnerLoop",
     "make_inner_loop",
+    "current_inner_step",
+    "at_inner_step",
+    "query_step",
 ]
+
+
+_INNER_STEP: contextvars.ContextVar[int | None] = contextvars.ContextVar("rl_maml_inner_step", default=None)
+
+
+def current_inner_step() -> int | None:
+    """The inner step whose loss is being computed (set by :meth:`InnerLoop.trajectory` around
+    each support loss, and by the objectives around each query loss: after ``s + 1`` steps, the
+    step index ``s``), or None outside. Modules with per-step parts read it (MAML++'s per-step
+    batch norm, :class:`rl_maml.nn.TaskBatchNorm2d` with ``num_steps``)."""
+    return _INNER_STEP.get()
+
+
+@contextlib.contextmanager
+def at_inner_step(step: int) -> Iterator[None]:
+    """Compute what runs inside as at inner step ``step`` (see :func:`current_inner_step`)."""
+    token = _INNER_STEP.set(step)
+    try:
+        yield
+    finally:
+        _INNER_STEP.reset(token)
+
+
+def query_step(steps_taken: int) -> int:
+    """The step index a query pass after ``steps_taken`` inner steps runs at: the last step's
+    (``steps_taken - 1``), or 0 before any (MAML++ scores the query with the last step's parts)."""
+    return max(steps_taken - 1, 0)
 
 
 class StepSize(Protocol):
@@ -296,7 +328,9 @@ class InnerLoop:
             current = expand_params(current, num_tasks)
         yield current
         for s in range(num_steps):
-            current = self.step(current, loss_fn(current, data), s, create_graph=create_graph)
+            with at_inner_step(s):
+                losses = loss_fn(current, data)
+            current = self.step(current, losses, s, create_graph=create_graph)
             yield current
 
     def adapt(

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from rl_maml.aliases import Params
 from rl_maml.functional import TaskBatchedModel, stack_params
-from rl_maml.inner import InnerLoop
+from rl_maml.inner import InnerLoop, at_inner_step, query_step
 
 
 class MetaLoss(NamedTuple):
@@ -57,17 +57,19 @@ def meta_loss(
 
     if step_weights is None:
         adapted = inner.adapt(params, support_loss, support, num_tasks=num_tasks)
-        if pre_losses is None:  # zero inner steps
-            pre_losses = model.task_losses(adapted, support).detach()
-        query_losses = model.task_losses(adapted, query)
+        with at_inner_step(query_step(inner.num_steps)):
+            if pre_losses is None:  # zero inner steps
+                pre_losses = model.task_losses(adapted, support).detach()
+            query_losses = model.task_losses(adapted, query)
         return MetaLoss(query_losses.mean(), query_losses, pre_losses, adapted)
     if len(step_weights) != inner.num_steps or inner.num_steps < 1:
         raise ValueError(f"step_weights needs one weight per inner step ({inner.num_steps}), got {len(step_weights)}")
     total: Tensor | None = None
     trajectory = inner.trajectory(params, support_loss, support, num_tasks=num_tasks)
     next(trajectory)  # the initial parameters: not scored
-    for weight, adapted in zip(step_weights, trajectory):
-        query_losses = model.task_losses(adapted, query)
+    for s, (weight, adapted) in enumerate(zip(step_weights, trajectory)):
+        with at_inner_step(s):
+            query_losses = model.task_losses(adapted, query)
         if weight:
             term = weight * query_losses.mean()
             total = term if total is None else total + term
@@ -101,9 +103,11 @@ def per_task_meta_loss(
     for m in range(num_tasks):
         task_support = (support[0][m], support[1][m])
         task_query = (query[0][m], query[1][m])
-        pre_losses.append(model.loss_single(params, task_support).detach())
+        with at_inner_step(0):
+            pre_losses.append(model.loss_single(params, task_support).detach())
         adapted_m = inner.adapt(params, model.loss_single, task_support)
         adapted_list.append(adapted_m)
-        query_losses.append(model.loss_single(adapted_m, task_query))
+        with at_inner_step(query_step(inner.num_steps)):
+            query_losses.append(model.loss_single(adapted_m, task_query))
     q = torch.stack(query_losses)
     return MetaLoss(q.mean(), q, torch.stack(pre_losses), stack_params(adapted_list))

@@ -76,16 +76,31 @@ class TaskBatchNorm2d(nn.Module):
     on the other images in its batch.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, track_running_stats: bool = False, momentum: float = 0.1):
+    def __init__(self, num_features: int, eps: float = 1e-5, track_running_stats: bool = False, momentum: float = 0.1,
+                 num_steps: int = 0):
         super().__init__()
+        if num_steps < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         self.eps = eps
         self.momentum = momentum
         self.track_running_stats = track_running_stats
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
+        self.num_steps = num_steps
+        shape = (num_steps, num_features) if num_steps else (num_features,)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
         if track_running_stats:
-            self.register_buffer("running_mean", torch.zeros(num_features))
-            self.register_buffer("running_var", torch.ones(num_features))
+            self.register_buffer("running_mean", torch.zeros(shape))
+            self.register_buffer("running_var", torch.ones(shape))
+
+    def step_row(self) -> int | None:
+        """With ``num_steps`` (MAML++'s per-step batch norm): the row of weights, biases and running
+        statistics of the current inner step (:func:`rl_maml.inner.current_inner_step`; 0 outside
+        the inner loop, the last row past it). None without."""
+        if not self.num_steps:
+            return None
+        from rl_maml.inner import current_inner_step
+
+        return min(current_inner_step() or 0, self.num_steps - 1)
 
     def statistics(self, x: Tensor, running_mean: Tensor | None = None, running_var: Tensor | None = None,
                    groups: int = 1) -> tuple[Tensor, Tensor]:
@@ -106,11 +121,18 @@ class TaskBatchNorm2d(nn.Module):
         return var, mean
 
     def forward(self, x: Tensor) -> Tensor:
-        var, mean = self.statistics(x, getattr(self, "running_mean", None), getattr(self, "running_var", None))
+        weight, bias = self.weight, self.bias
+        running_mean, running_var = getattr(self, "running_mean", None), getattr(self, "running_var", None)
+        row = self.step_row()
+        if row is not None:  # views: the running estimates of this step's row are updated in place
+            weight, bias = weight[row], bias[row]
+            running_mean = None if running_mean is None else running_mean[row]
+            running_var = None if running_var is None else running_var[row]
+        var, mean = self.statistics(x, running_mean, running_var)
         # The affine map is folded into one scale and shift so that only one full-size
         # elementwise op (addcmul) touches the activations.
-        scale = self.weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
-        return torch.addcmul(self.bias.view(1, -1, 1, 1) - mean * scale, x, scale)
+        scale = weight.view(1, -1, 1, 1) * torch.rsqrt(var + self.eps)
+        return torch.addcmul(bias.view(1, -1, 1, 1) - mean * scale, x, scale)
 
 
 class Conv4(nn.Module):
@@ -120,11 +142,14 @@ class Conv4(nn.Module):
     stride-2 convolution (``downsample="stride"``, Omniglot: features are averaged over the
     remaining spatial positions) or 2x2 max-pooling (``downsample="maxpool"``, MiniImageNet:
     features are flattened). A linear head gives ``num_classes`` logits. Batch norm uses batch
-    statistics unless ``running_stats`` (see :class:`TaskBatchNorm2d`).
+    statistics unless ``running_stats`` (see :class:`TaskBatchNorm2d`). ``per_step_bn=S`` gives
+    every batch norm S rows of weights, biases (and running statistics), one per inner step
+    (MAML++'s BNWB and BNRS); which row is used follows :func:`rl_maml.inner.current_inner_step`.
     """
 
     def __init__(self, in_channels: int = 1, num_classes: int = 5, hidden: int = 64, image_size: int = 28,
-                 downsample: str = "stride", running_stats: bool = False, per_task_min_batch: int = 40):
+                 downsample: str = "stride", running_stats: bool = False, per_task_min_batch: int = 40,
+                 per_step_bn: int = 0):
         super().__init__()
         if downsample not in ("stride", "maxpool"):
             raise ValueError(f"downsample must be 'stride' or 'maxpool', got {downsample!r}")
@@ -134,7 +159,7 @@ class Conv4(nn.Module):
         for _ in range(4):
             stride = 2 if downsample == "stride" else 1
             blocks += [nn.Conv2d(channels, hidden, 3, stride=stride, padding=1),
-                       TaskBatchNorm2d(hidden, track_running_stats=running_stats), nn.ReLU()]
+                       TaskBatchNorm2d(hidden, track_running_stats=running_stats, num_steps=per_step_bn), nn.ReLU()]
             if downsample == "maxpool":
                 blocks.append(nn.MaxPool2d(2))
                 size //= 2
@@ -198,6 +223,7 @@ class Conv4(nn.Module):
         """
         stop = 5 if stop is None else stop
         m = params["head.weight"].shape[0]
+        params, buffers = self._step_rows(params, buffers)
         if start == 0 and stop == 5 and x.shape[1] >= self.per_task_min_batch and not self._updates_running_stats():
             return torch.stack([self._forward_one_task(params, buffers, i, x[i]) for i in range(m)])
         if start == 0:
@@ -228,6 +254,17 @@ class Conv4(nn.Module):
             feats = h.reshape(b, m, -1)  # channels are task-major, so each task's block is (C, h, w)
         w, bias = params["head.weight"], params["head.bias"]  # [M, classes, F], [M, classes]
         return torch.baddbmm(bias.unsqueeze(1), feats.transpose(0, 1), w.transpose(1, 2))
+
+    def _step_rows(self, params: dict[str, Tensor], buffers: dict[str, Tensor]) -> tuple[dict, dict]:
+        """With per-step batch norm: the batch norms' tensors of the current inner step's row
+        (per-task parameters ``[M, S, C]`` -> ``[M, C]``, buffers ``[S, C]`` -> views ``[C]``)."""
+        row = self.get_submodule(self._blocks[0][1]).step_row()
+        if row is None:
+            return params, buffers
+        norms = {bn for _, bn in self._blocks}
+        params = {k: v[:, row] if k.rsplit(".", 1)[0] in norms else v for k, v in params.items()}
+        buffers = {k: v[row] if k.rsplit(".", 1)[0] in norms else v for k, v in buffers.items()}
+        return params, buffers
 
     def _updates_running_stats(self) -> bool:
         """Training with tracked statistics: the grouped path averages the update over tasks."""

@@ -378,6 +378,7 @@ def test_mamlpp_preset_trains_and_evaluates(tmp_path, omniglot_cache, capsys):
                  "mamlpp.msl_anneal_iterations=2", "eval.val_every=0", "--no-progress"]) == 0
     state = torch.load(run / "checkpoints" / "iter_0000004.pt", weights_only=True)["learners"]["maml"]
     assert state["counters"] == {"iterations": 4}
+    assert state["module"]["features.1.weight"].shape == (5, 8)  # per-step batch norm: a row per inner step
     rates = state["extra"]["step_size"]
     assert all(v.shape == (5,) for v in rates.values()) and any((v != 0.1).any() for v in rates.values())
     capsys.readouterr()

@@ -156,3 +156,59 @@ def test_mamlpp_errors_name_the_fix():
         MAMLPlusPlusConfig(msl_anneal_iterations=0)
     with pytest.raises(ConfigError, match="min_outer_lr"):
         MAMLPlusPlusConfig(min_outer_lr=-1.0)
+
+
+@pytest.mark.parametrize("running", [False, True])
+def test_per_step_batch_norm_batched_equals_the_loop(float64, running):
+    """Per-step batch norm (S = 2 rows, 3 inner steps: the third reuses row 1) on both batched
+    paths gives the per-task loop's second-order meta-gradient."""
+    from rl_maml.maml import per_task_meta_loss
+
+    torch.manual_seed(0)
+    net = Conv4(1, 3, hidden=4, image_size=14, per_step_bn=2, running_stats=running, per_task_min_batch=6)
+    with torch.no_grad():  # distinct rows, so that using the wrong one shows
+        for name, p in net.named_parameters():
+            if p.dim() == 2 and p.shape[0] == 2:
+                p.add_(torch.randn_like(p) * 0.3)
+    if running:
+        net.eval()
+        for mod in net.modules():
+            if hasattr(mod, "running_mean"):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    model = TaskBatchedModel(net, F.cross_entropy)
+    params = params_of(net)
+    g = torch.Generator().manual_seed(1)
+    support = (torch.randn(3, 3, 1, 14, 14, generator=g), torch.arange(3).expand(3, 3))
+    query = (torch.randn(3, 6, 1, 14, 14, generator=g), torch.arange(3).repeat(2).expand(3, 6))
+    inner = InnerLoop(ConstantStepSize(0.3), num_steps=3)
+    batched = meta_loss(model, params, inner, support, query)
+    loop = per_task_meta_loss(model, params, inner, support, query)
+    gb = torch.autograd.grad(batched.loss, list(params.values()))
+    gl = torch.autograd.grad(loop.loss, list(params.values()))
+    for k, a, b in zip(params, gb, gl):
+        assert (a - b).abs().max() < 1e-10, k
+    bn_grad = dict(zip(params, gb))["features.1.weight"]
+    assert (bn_grad[0] != 0).all() and (bn_grad[1] != 0).all()  # both rows are used
+
+
+def test_per_step_batch_norm_uses_the_step_row_and_updates_its_statistics():
+    from rl_maml.inner import at_inner_step
+
+    torch.manual_seed(0)
+    net = Conv4(1, 3, hidden=4, image_size=14, per_step_bn=2, running_stats=True)
+    with torch.no_grad():
+        net.features[1].weight[1].mul_(3.0)
+    x = torch.randn(5, 1, 14, 14) + 2
+    with at_inner_step(1):
+        net(x)  # training mode: updates row 1 only
+    bn = net.features[1]
+    assert torch.equal(bn.running_mean[0], torch.zeros(4)) and not torch.equal(bn.running_mean[1], torch.zeros(4))
+    net.eval()
+    with at_inner_step(0):
+        a = net(x)
+    with at_inner_step(1):
+        b = net(x)
+    with at_inner_step(7):  # past the rows: the last
+        c = net(x)
+    assert not torch.allclose(a, b) and torch.equal(b, c)
