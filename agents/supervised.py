@@ -21,9 +21,9 @@ import torch
 from torch import Tensor, nn
 
 from rl_maml.aliases import Params
+from rl_maml.config import MAMLPlusPlusConfig
 from rl_maml.functional import TaskBatchedModel, expand_params, params_of
 from rl_maml.inner import ConstantStepSize, InnerLoop, LearnedStepSize, at_inner_step, query_step
-from rl_maml.config import MAMLPlusPlusConfig
 from rl_maml.maml import meta_loss, multi_step_loss_weights
 from rl_maml.patterns import LayerPattern, adapt_with_pattern
 from rl_maml.tasks.base import TaskBatch

@@ -179,6 +179,9 @@ def load_dataset(cfg: DataConfig) -> Dataset:
 
 
 def build_learner(cfg: FewShotConfig, device: torch.device, dataset: Dataset) -> SupervisedLearner:
+    if cfg.model.per_step_bn and cfg.method != "maml":
+        raise ConfigError(f"model.per_step_bn applies to method maml only (whose objective scores the query with "
+                          f"the last step's batch norm), not {cfg.method!r}")
     seed_everything(cfg.seed)
     omniglot = cfg.data.dataset == "omniglot"
     hidden = cfg.model.hidden or (64 if omniglot else 32)

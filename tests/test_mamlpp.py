@@ -212,3 +212,12 @@ def test_per_step_batch_norm_uses_the_step_row_and_updates_its_statistics():
     with at_inner_step(7):  # past the rows: the last
         c = net(x)
     assert not torch.allclose(a, b) and torch.equal(b, c)
+
+
+def test_per_step_batch_norm_is_for_maml_only():
+    from rl_maml.config import from_dict
+    from rl_maml.experiments.fewshot import FewShotConfig, build_learner
+
+    cfg = from_dict(FewShotConfig, {"method": "lambda_maml", "model": {"per_step_bn": True}})
+    with pytest.raises(ConfigError, match="per_step_bn applies to method maml only"):
+        build_learner(cfg, torch.device("cpu"), None)
