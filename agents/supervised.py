@@ -150,9 +150,13 @@ class SupervisedLearner:
                              score(self.model.forward(p, query[0]), query[1]))
         return torch.stack([scored[k] for k in (range(num_steps + 1) if score_steps is None else score_steps)])
 
-    def predict(self, params: Params, x: Tensor, tasks: dict[str, Tensor]) -> Tensor:
-        """Predictions of per-task ``params`` at raw inputs ``x`` ``[M, N, ...]``."""
-        with torch.no_grad():
+    def predict(self, params: Params, x: Tensor, tasks: dict[str, Tensor], steps_taken: int = 0) -> Tensor:
+        """Predictions of per-task ``params`` at raw inputs ``x`` ``[M, N, ...]``.
+
+        ``steps_taken``: how many inner steps produced ``params``; a model with per-step parts
+        (MAML++'s per-step batch norm) then uses the last step's, as the evaluation does.
+        """
+        with torch.no_grad(), at_inner_step(query_step(steps_taken)):
             return self.model.forward(params, self.prepare_inputs(x, tasks))
 
     def state_dict(self) -> dict:

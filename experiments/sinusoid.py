@@ -224,7 +224,7 @@ def plot_sinusoid(cfg: SinusoidConfig, learners: dict[str, SupervisedLearner], b
         ax.plot(grid[0, :, 0].cpu(), truth[0, :, 0].cpu(), color="tab:red", label="ground truth")
         for s, params in enumerate(learner.trajectory(one, max(shown_steps))):
             if s in shown_steps:
-                pred = learner.predict(params, grid, task)
+                pred = learner.predict(params, grid, task, steps_taken=s)
                 ax.plot(grid[0, :, 0].cpu(), pred[0, :, 0].cpu(), linestyle=":" if s == 0 else "--",
                         label="pre-update" if s == 0 else f"{s} grad step{'s' if s > 1 else ''}")
         ax.scatter(one.support[0][0, :, 0].cpu(), one.support[1][0, :, 0].cpu(), marker="^", color="k",
