@@ -207,9 +207,10 @@ class Conv4(nn.Module):
           The activations are held as ``[B, M * channels, H, W]``; each convolution is one grouped
           convolution with ``M`` groups, and batch norm is one ``F.batch_norm`` call whose
           channels are the (task, channel) pairs.
-        - larger ``B`` (15 query images per class, evaluation): a dense convolution per task
-          (not while training with tracked running statistics, whose update the first path
-          averages over tasks).
+        - larger ``B`` (15 query images per class, evaluation), on the CPU: a dense convolution
+          per task (not while training with tracked running statistics, whose update the first
+          path averages over tasks). Measured on the CPU only; on a GPU, where a Python loop over
+          tasks costs kernel launches, the first path stays.
           Grouped convolutions and whole-meta-batch elementwise ops lose to it there (their
           backward passes stream tensors far larger than the cache).
 
@@ -224,7 +225,8 @@ class Conv4(nn.Module):
         stop = 5 if stop is None else stop
         m = params["head.weight"].shape[0]
         params, buffers = self._step_rows(params, buffers)
-        if start == 0 and stop == 5 and x.shape[1] >= self.per_task_min_batch and not self._updates_running_stats():
+        if (start == 0 and stop == 5 and x.shape[1] >= self.per_task_min_batch and x.device.type == "cpu"
+                and not self._updates_running_stats()):
             return torch.stack([self._forward_one_task(params, buffers, i, x[i]) for i in range(m)])
         if start == 0:
             b = x.shape[1]
