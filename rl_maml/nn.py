@@ -175,6 +175,8 @@ class Conv4(nn.Module):
         # per task on, and the first convolution as unfold + matmul at few input channels.
         self.per_task_min_batch = per_task_min_batch
         self._unfold_first = in_channels <= UNFOLD_MAX_IN_CHANNELS
+        # ... and with batch statistics only, the first block's norm folded into that product
+        self._fused_first = self._unfold_first and not running_stats
         # Parameter names of each block's convolution and batch norm, for forward_tasks.
         self._blocks = [(f"features.{per_block * i}", f"features.{per_block * i + 1}") for i in range(4)]
 
@@ -235,6 +237,12 @@ class Conv4(nn.Module):
             h, b = x, x.shape[0]
         for layer, (conv, bn) in enumerate(self._blocks[start:min(stop, 4)], start):
             w, bias = params[f"{conv}.weight"], self._conv_bias(params, conv, bn)
+            if layer == 0 and self._fused_first:
+                h = self._first_block(x, w, params[f"{bn}.weight"], params[f"{bn}.bias"], params[f"{conv}.bias"], bn)
+                h = h.transpose(0, 1).flatten(1, 2)  # [M, B, O, Ho, Wo] -> the folded layout
+                if self.downsample == "maxpool":
+                    h = F.max_pool2d(h, 2)
+                continue
             if layer == 0 and self._unfold_first:
                 # [M, B, O, Ho, Wo] from the unfold-matmul, then into the folded layout
                 h = self._first_conv(x, w, bias).transpose(0, 1).flatten(1, 2)
@@ -295,6 +303,34 @@ class Conv4(nn.Module):
             out = out + bias.unsqueeze(-2).unsqueeze(-1)
         return out.view(*out.shape[:-1], ho, wo)
 
+    def _first_block(self, x: Tensor, w: Tensor, gamma: Tensor, beta: Tensor, conv_bias: Tensor, bn: str) -> Tensor:
+        """The first block (convolution, batch norm on batch statistics, ReLU) as one matrix
+        product: ``x`` ``[*, B, C, H, W]``, ``w`` ``[*, O, C, 3, 3]``, ``gamma``/``beta`` ``[*, O]``
+        -> ``[*, B, O, Ho, Wo]``.
+
+        The convolution is linear in the unfolded input ``cols`` (``C * 9`` rows), so each output
+        channel's batch mean and (biased) variance follow from the mean ``mu`` and covariance
+        ``S`` of ``cols``: ``w_o . mu`` and ``w_o' S w_o``. The normalisation then folds into the
+        weights and a shift, and no pass over the (much larger) activations computes statistics.
+        Equal to convolution + batch norm (tested against the per-task loop in float64).
+        """
+        ho = (x.shape[-2] + 2 - 3) // self.stride + 1
+        wo = (x.shape[-1] + 2 - 3) // self.stride + 1
+        cols = F.unfold(x.reshape(-1, *x.shape[-3:]), 3, padding=1, stride=self.stride)
+        cols = cols.view(*x.shape[:-3], *cols.shape[1:])  # [*, B, K, L]
+        n = cols.shape[-3] * cols.shape[-1]
+        mu = cols.mean(dim=(-3, -1))  # [*, K]
+        centred = cols - mu.unsqueeze(-2).unsqueeze(-1)
+        cov = torch.einsum("...bkl,...bjl->...kj", centred, centred) / n  # [*, K, K]
+        wf = w.flatten(-3)  # [*, O, K]
+        var = ((wf @ cov) * wf).sum(-1)  # [*, O]
+        scale = gamma * torch.rsqrt(var + self.get_submodule(bn).eps)
+        # the conv bias cancels in the normalisation; kept in the graph with a zero gradient
+        shift = beta - scale * (wf @ mu.unsqueeze(-1)).squeeze(-1) + 0 * conv_bias
+        out = torch.matmul((wf * scale.unsqueeze(-1)).unsqueeze(-3), cols) + shift.unsqueeze(-2).unsqueeze(-1)
+        out = torch.relu(out) if torch.is_grad_enabled() else out.relu_()
+        return out.view(*out.shape[:-1], ho, wo)
+
     def _norm_relu(self, bn: str, h: Tensor, weight: Tensor, bias: Tensor, buffers: dict[str, Tensor],
                    groups: int) -> Tensor:
         """Batch norm and ReLU of ``h`` whose channels are ``groups`` tasks' channels side by side
@@ -316,6 +352,11 @@ class Conv4(nn.Module):
         h = x
         for layer, (conv, bn) in enumerate(self._blocks):
             w, bias = params[f"{conv}.weight"][i], self._conv_bias(params, conv, bn, i)
+            if layer == 0 and self._fused_first:
+                h = self._first_block(h, w, params[f"{bn}.weight"][i], params[f"{bn}.bias"][i], params[f"{conv}.bias"][i], bn)
+                if self.downsample == "maxpool":
+                    h = F.max_pool2d(h, 2)
+                continue
             if layer == 0 and self._unfold_first:
                 h = self._first_conv(h, w, bias)
             else:
