@@ -59,6 +59,28 @@ def test_baseline_recovers_linear_returns_per_task():
     assert (values[mask == 0] == 0).all()
 
 
+@pytest.mark.parametrize("chunk_rows", [1, 16384])
+def test_baseline_fits_only_each_tasks_steps_whatever_the_chunking(chunk_rows, monkeypatch):
+    """The fit equals a per-task float64 ridge regression on that task's unmasked steps alone,
+    with tasks of different lengths, garbage in the padding, and any number of tasks per chunk."""
+    monkeypatch.setattr(LinearFeatureBaseline, "CHUNK_ROWS", chunk_rows)
+    g = torch.Generator().manual_seed(1)
+    T, M, B, d = 15, 3, 4, 2
+    obs = torch.randn(T, M, B, d, generator=g) * 4
+    returns = torch.randn(T, M, B, generator=g)
+    lengths = torch.tensor([[15, 3, 9, 0], [1, 15, 15, 15], [7, 7, 2, 5]])  # [M, B]
+    mask = (torch.arange(T).view(T, 1, 1) < lengths).float()
+    obs = torch.where(mask.unsqueeze(-1) > 0, obs, torch.full_like(obs, 1e6))
+    values = LinearFeatureBaseline(reg_coeff=1e-5).fit_predict(obs, returns, mask)
+    feats = LinearFeatureBaseline.features(obs).double()
+    for m in range(M):
+        keep = mask[:, m] > 0
+        x, y = feats[:, m][keep].numpy(), returns[:, m][keep].double().numpy()
+        coef = np.linalg.solve(x.T @ x + 1e-5 * np.eye(x.shape[1]), x.T @ y)
+        np.testing.assert_allclose(values[:, m][keep].numpy(), x @ coef, rtol=1e-4, atol=1e-4)
+    assert (values[mask == 0] == 0).all()
+
+
 def test_conjugate_gradient_matches_numpy_solve():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((8, 8))

@@ -110,12 +110,10 @@ class Episodes:
         if cached is not None and cached[0] == key:
             return cached[1]
         T, M, B = self.mask.shape
-        valid = self.mask.transpose(0, 1).reshape(M, T * B) != 0
-        K = int(valid.sum(1).max().item()) if self.pack_rows is None else self.pack_rows
+        K = int((self.mask != 0).sum(dim=(0, 2)).max().item()) if self.pack_rows is None else self.pack_rows
         index = None
         if K < PACK_BELOW * T * B:
-            # valid rows first, each task's in (t, b) order (a stable sort of "is masked")
-            rows = torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :max(K, 1)]
+            rows = valid_rows_first(self.mask, K)
             tasks = torch.arange(M, device=rows.device).view(M, 1).expand_as(rows)
             index = (rows // B, tasks, rows % B)
         self._rows_cache = (key, index)
@@ -132,6 +130,16 @@ class Episodes:
         if not torch.isfinite(self.advantages).all():
             raise FloatingPointError(NONFINITE_ADVANTAGES)
         return self.advantages
+
+
+def valid_rows_first(mask: Tensor, rows: int | None = None) -> Tensor:
+    """Each task's unmasked steps as flat ``t * B + b`` positions ``[M, K]`` of ``mask [T, M, B]``,
+    in ``(t, b)`` order, then masked positions up to ``K = rows`` (default: the most unmasked steps
+    of any task, at least 1). The positions of a task are distinct."""
+    T, M, B = mask.shape
+    valid = mask.transpose(0, 1).reshape(M, T * B) != 0
+    K = int(valid.sum(1).max().item()) if rows is None else rows
+    return torch.sort((~valid).to(torch.uint8), dim=1, stable=True).indices[:, :max(K, 1)]  # a stable sort of "is masked"
 
 
 def episode_seeds(seed: int, *keys: int | str, num_tasks: int, episodes_per_task: int,
