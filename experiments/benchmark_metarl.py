@@ -3,6 +3,7 @@
     python -m rl_maml.experiments.benchmark_metarl [--iterations 3] [--tasks 40] [--episodes 20] [--device cpu]
     python -m rl_maml.experiments.benchmark_metarl --contend 1        # also beside one busy process
     python -m rl_maml.experiments.benchmark_metarl --workload navigation  # the MAML paper's 2D navigation
+    python -m rl_maml.experiments.benchmark_metarl --preset ant_dir_maml --no-products  # a preset as it trains
 
 40 tasks x 20 episodes, ``gym`` convention (horizon 100), 2x100 ReLU policy, one inner step:
 160,000 env steps per iteration (training and validation episodes). Reports the median over
@@ -136,6 +137,12 @@ episodes, one inner step, REINFORCE, exact curvature, 10 CG iterations."""
 
 
 def config(args):
+    if getattr(args, "preset", None):
+        from rl_maml.api import load_config
+
+        return load_config(args.preset, [f"train.meta_batch_size={args.tasks}", f"trpo.cg_iters={args.cg_iters}",
+                                         f"trpo.fvp={args.fvp}", f"trpo.fvp_subsample={args.fvp_subsample}",
+                                         f"train.meta_step_threads={args.meta_step_threads}"])
     if args.workload == "navigation":
         from rl_maml.api import load_config
 
@@ -173,6 +180,11 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--workload", default="mujoco", choices=["mujoco", "navigation"],
                     help="mujoco: --env at --tasks x --episodes; navigation: the MAML paper's 2D-navigation workload")
+    ap.add_argument("--preset", default=None,
+                    help="time a meta-RL preset as it trains (its env, sizes and step budget; --tasks, --cg-iters, "
+                         "--fvp and --fvp-subsample still apply), e.g. ant_dir_maml")
+    ap.add_argument("--no-products", action="store_true",
+                    help="skip the single Fisher-vector products (their autograd references are slow on large batches)")
     ap.add_argument("--env", default="HalfCheetahVel", help="a MuJoCo family")
     ap.add_argument("--convention", default="gym", choices=["gym", "maml"])
     ap.add_argument("--backend", default="mujoco", choices=["mujoco", "warp"],
@@ -197,13 +209,26 @@ def main() -> None:
     if args.contend:
         with Contention(args.contend):
             runs[f"{args.contend} busy process(es) beside"] = measure(args, device)
-    navigation = args.workload == "navigation"
-    raw = None if navigation else raw_rate(args.env, args.tasks * args.episodes, convention=args.convention,
-                                           backend=args.backend, device=device)
+    navigation = args.workload == "navigation" and not args.preset
+    if args.preset:
+        cfg = config(args)
+        raw = raw_rate(cfg.env.name, cfg.train.meta_batch_size * cfg.train.fast_batch_size,
+                       convention=cfg.env.convention, backend=cfg.env.backend, device=device)
+    else:
+        raw = None if navigation else raw_rate(args.env, args.tasks * args.episodes, convention=args.convention,
+                                               backend=args.backend, device=device)
     alone = runs["alone"]
     torch.set_num_threads(alone["meta_step_threads"])
-    rates = product_costs(build_agent(config(argparse.Namespace(**{**vars(args), "fvp_subsample": 1.0})), device))
-    if navigation:
+    rates = None if args.no_products else product_costs(
+        build_agent(config(argparse.Namespace(**{**vars(args), "fvp_subsample": 1.0})), device))
+    from rl_maml import runtime
+
+    if args.preset:
+        print(f"preset {args.preset} ({cfg.env.name}, {cfg.env.convention} convention, {cfg.train.meta_batch_size} tasks, "
+              f"batch_steps {cfg.train.batch_steps}), fvp {args.fvp}, fvp_subsample {args.fvp_subsample}, "
+              f"cg_iters {args.cg_iters}, allocator tuned: {runtime.apply()['malloc_tuned']}, "
+              f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
+    elif navigation:
         print("2D navigation with the MAML paper's workload (20 tasks x 20 episodes, one inner step, REINFORCE, "
               f"exact curvature), fvp {args.fvp}, cg_iters {args.cg_iters}, torch {torch.__version__}, device "
               f"{device}; median of {args.iterations} iterations")
@@ -228,10 +253,13 @@ def main() -> None:
     print("| CG products, final residual |g - Fx|/|g| | " + " | ".join(
         f"{runs[n]['charts/cg_products']:.0f}, {runs[n]['charts/cg_residual']:.1e} | " for n in names) + " |")
     if raw is not None:
-        print(f"\nbatched stepper raw (N = {args.tasks * args.episodes}): {raw:,.0f} env steps/s")
+        n_envs = cfg.train.meta_batch_size * cfg.train.fast_batch_size if args.preset else args.tasks * args.episodes
+        print(f"\nbatched stepper raw (N = {n_envs}): {raw:,.0f} env steps/s")
     if args.contend:
         n = names[1]
         print(f"with {n}: iteration {runs[n]['total'] / alone['total']:.2f}x its time alone")
+    if rates is None:
+        return
     print(f"one exact Fisher-vector product ({alone['meta_step_threads']} threads, fvp {args.fvp}): "
           f"{rates['own'] * 1000:.0f} ms, {rates['gflop']:.2f} GFLOP at {rates['rate']:.1f} GFLOP/s; plain bmm "
           f"{rates['bmm_shape']}: {rates['bmm_rate']:.1f} GFLOP/s; products at {rates['rate'] / rates['bmm_rate']:.0%} "

@@ -312,6 +312,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rl_maml import runtime
+
+    runtime.apply(tune_malloc=True)  # runs are long and own the machine: reuse freed memory (rl_maml.runtime)
     p = parser()
     args, extra = p.parse_known_args(argv)
     # key=value overrides may come after options (argparse stops collecting positionals there).

@@ -23,7 +23,7 @@ import importlib
 __version__ = "0.1.0"
 
 # OpenMP's wait policy must be set before torch loads (rl_maml.runtime; a wait policy of your own
-# wins), and the allocator is tuned here too when RL_MAML_TUNE_MALLOC=1.
+# wins); the allocator is tuned only when RL_MAML_TUNE_MALLOC=1 (the command line tunes it too).
 from rl_maml import runtime as _runtime  # noqa: E402
 
 _runtime.apply()

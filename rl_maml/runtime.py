@@ -1,6 +1,6 @@
 """Process-wide settings that keep a CPU run fast alone and fair when the machine is shared.
 
-Importing :mod:`rl_maml` sets the first; the second is an opt-in:
+Importing :mod:`rl_maml` sets the first; the command line also sets the second:
 
 * **OpenMP's wait policy.** PyTorch's CPU threads (OpenMP, GNU libgomp in the PyPI wheels)
   spin for a long time at the end of every parallel region before they sleep. Alone, that saves
@@ -13,15 +13,17 @@ Importing :mod:`rl_maml` sets the first; the second is an opt-in:
   choose otherwise (``OMP_WAIT_POLICY=PASSIVE`` is fairer still, and slower alone for small
   operations). OpenMP reads these once, when torch is loaded: import :mod:`rl_maml` before
   ``torch``, or set the variable in the shell.
-* **glibc's allocator.** Tensors above glibc's mmap threshold (128 kB at first) are mapped
-  fresh and returned to the system when freed, so each new one page-faults on first touch; the
-  autograd Fisher-vector product spent about a third of its time in the kernel that way (154,000
-  faults per product on HalfCheetahVel, 0.96 s a product against 0.60 s without them).
-  :func:`tune_allocator` raises the threshold to its maximum (32 MiB) and keeps freed memory for
-  reuse (trim threshold 1 GiB). It is off unless ``RL_MAML_TUNE_MALLOC=1``: the closed-form
-  products that the meta-step uses by default allocate little and gained about 4% from it, and
-  it keeps up to 1 GiB of freed memory in the process. Glibc only; glibc's own ``MALLOC_*_``
-  variables, when set, are respected instead.
+* **glibc's allocator.** Blocks above glibc's mmap threshold (128 kB at first, 32 MiB at most)
+  are mapped fresh and returned to the system when freed, so every large tensor page-faults on
+  first touch, every time. A meta-RL batch under a step budget is large (AntDir: 40 tasks x
+  8,000 steps, tensors of 130 MB and more), and building the closed-form curvature's state for
+  one meta-step took 4.4 s there, 3 s of it in the kernel (1.08 million faults), against 0.8 s
+  with no fault. :func:`tune_allocator` serves every block from the heap (``M_MMAP_MAX`` 0), which
+  is never trimmed: freed memory is reused, so after the first iteration nothing faults. The
+  cost is that the process keeps its peak heap until it exits. The command line (``rl-maml``),
+  whose runs are long and own the machine, turns it on; importing :mod:`rl_maml` does not.
+  ``RL_MAML_TUNE_MALLOC=1`` turns it on anywhere, ``RL_MAML_TUNE_MALLOC=0`` off everywhere.
+  Glibc only; glibc's own ``MALLOC_*_`` variables, when set, are respected instead.
 
 Neither setting changes a single number a run computes.
 """
@@ -37,9 +39,8 @@ SPINCOUNT = "10000"
 """``GOMP_SPINCOUNT`` set when the user set no wait policy."""
 
 # glibc's mallopt parameters (malloc.h)
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
-MMAP_THRESHOLD = 32 * 1024 * 1024  # glibc's maximum on 64-bit systems
-TRIM_THRESHOLD = 1 << 30
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4
+NEVER_TRIM = -1  # mallopt(M_TRIM_THRESHOLD, -1) disables trimming (mallopt(3))
 TOP_PAD = 64 * 1024 * 1024
 
 _applied: dict[str, object] = {}
@@ -57,12 +58,17 @@ def configure_openmp_wait(environ: dict | None = None) -> str | None:
     return SPINCOUNT
 
 
-def tune_allocator() -> bool:
-    """Keep large freed blocks for reuse instead of unmapping them (glibc only; see the module
-    docstring). Returns whether the settings were applied."""
-    if os.environ.get("RL_MAML_TUNE_MALLOC", "0") != "1" or not sys.platform.startswith("linux"):
+def tune_allocator(default: bool = False) -> bool:
+    """Serve large blocks from a heap that is never trimmed, so freed tensors are reused instead of
+    unmapped and faulted in again (glibc only; see the module docstring). ``RL_MAML_TUNE_MALLOC``
+    (``1``/``0``) overrides ``default``. Returns whether the settings were applied."""
+    choice = os.environ.get("RL_MAML_TUNE_MALLOC") or None
+    if choice not in (None, "0", "1"):
+        raise ValueError(f"RL_MAML_TUNE_MALLOC must be 0 or 1, got {choice!r}")
+    if not (default if choice is None else choice == "1") or not sys.platform.startswith("linux"):
         return False
-    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")):
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_",
+                                     "MALLOC_TOP_PAD_")):
         return False  # the user tuned glibc already
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
@@ -70,14 +76,16 @@ def tune_allocator() -> bool:
     except (OSError, AttributeError):  # not glibc (musl has no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(p, v) == 1 for p, v in ((_M_MMAP_THRESHOLD, MMAP_THRESHOLD),
-                                               (_M_TRIM_THRESHOLD, TRIM_THRESHOLD), (_M_TOP_PAD, TOP_PAD)))
+    return all(mallopt(p, v) == 1 for p, v in ((_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, NEVER_TRIM),
+                                               (_M_TOP_PAD, TOP_PAD)))
 
 
-def apply() -> dict[str, object]:
-    """Both settings, once per process; returns what was done (recorded in a run's config header)."""
+def apply(tune_malloc: bool = False) -> dict[str, object]:
+    """Both settings, once per process (the allocator's when ``tune_malloc`` is first true, or
+    ``RL_MAML_TUNE_MALLOC=1``); returns what was done (recorded in a run's config header)."""
     if not _applied:
         _applied["GOMP_SPINCOUNT"] = configure_openmp_wait() or os.environ.get("GOMP_SPINCOUNT")
         _applied["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
-        _applied["malloc_tuned"] = tune_allocator()
+    if not _applied.get("malloc_tuned"):
+        _applied["malloc_tuned"] = tune_allocator(default=tune_malloc)
     return dict(_applied)

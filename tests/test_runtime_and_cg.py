@@ -35,10 +35,35 @@ def test_importing_rl_maml_sets_the_wait_policy_before_torch_loads():
     env = {k: v for k, v in __import__("os").environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
     env.pop("RL_MAML_TUNE_MALLOC", None)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
-    assert out.split() == [runtime.SPINCOUNT, "False"]  # the allocator is an opt-in
+    assert out.split() == [runtime.SPINCOUNT, "False"]  # importing the library leaves the allocator alone
     env["RL_MAML_TUNE_MALLOC"], env["OMP_WAIT_POLICY"] = "1", "PASSIVE"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
     assert out.split() == ["None", "True" if sys.platform.startswith("linux") else "False"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+@pytest.mark.parametrize("choice, tuned", [(None, True), ("0", False), ("1", True)])
+def test_the_command_line_reuses_freed_memory_unless_told_not_to(choice, tuned):
+    """``rl-maml`` tunes the allocator (RL_MAML_TUNE_MALLOC=0 opts out); with it, the pages of a
+    freed 256 MB tensor are reused by the next ones instead of being faulted in again."""
+    code = ("import resource, sys, torch; from rl_maml.experiments import cli; from rl_maml import runtime; "
+            "cli.main(['presets']); faults = []\n"
+            "for _ in range(3):\n"
+            "    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; t = torch.ones(1 << 26); del t\n"
+            "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)\n"
+            "print(runtime.apply()['malloc_tuned'], faults[-1], file=sys.stderr)")
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MALLOC_")}
+    env.pop("RL_MAML_TUNE_MALLOC", None)
+    if choice is not None:
+        env["RL_MAML_TUNE_MALLOC"] = choice
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         check=True).stderr.split()
+    assert err[-2] == str(tuned)
+    faults = int(err[-1])  # 65,536 pages of 4 kB when the block is mapped afresh (after a warm-up)
+    assert (faults < 1000) if tuned else (faults > 10000)
+    bad = subprocess.run([sys.executable, "-c", "import rl_maml"], capture_output=True, text=True,
+                         env={**env, "RL_MAML_TUNE_MALLOC": "yes"})
+    assert bad.returncode != 0 and "RL_MAML_TUNE_MALLOC must be 0 or 1" in bad.stderr
 
 
 def test_conjugate_gradient_warm_start_and_relative_tolerance():
