@@ -176,6 +176,9 @@ def measure(args, device: torch.device) -> dict:
 
 
 def main() -> None:
+    from rl_maml import runtime
+
+    runtime.apply(tune_malloc=True)  # as `rl-maml train` runs (RL_MAML_TUNE_MALLOC=0: glibc's default)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=3)
     ap.add_argument("--workload", default="mujoco", choices=["mujoco", "navigation"],
@@ -221,12 +224,10 @@ def main() -> None:
     torch.set_num_threads(alone["meta_step_threads"])
     rates = None if args.no_products else product_costs(
         build_agent(config(argparse.Namespace(**{**vars(args), "fvp_subsample": 1.0})), device))
-    from rl_maml import runtime
-
     if args.preset:
         print(f"preset {args.preset} ({cfg.env.name}, {cfg.env.convention} convention, {cfg.train.meta_batch_size} tasks, "
               f"batch_steps {cfg.train.batch_steps}), fvp {args.fvp}, fvp_subsample {args.fvp_subsample}, "
-              f"cg_iters {args.cg_iters}, allocator tuned: {runtime.apply()['malloc_tuned']}, "
+              f"cg_iters {args.cg_iters}, "
               f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
     elif navigation:
         print("2D navigation with the MAML paper's workload (20 tasks x 20 episodes, one inner step, REINFORCE, "
@@ -237,6 +238,7 @@ def main() -> None:
               f"fvp {args.fvp}, fvp_subsample {args.fvp_subsample}, cg_iters {args.cg_iters}, "
               f"meta_step_threads {args.meta_step_threads}, "
               f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
+    print(f"allocator tuned (rl_maml.runtime): {runtime.apply()['malloc_tuned']}")
     names = list(runs)
     print("| phase | " + " | ".join(f"{n}: seconds | share" for n in names) + " |")
     print("|---|" + "---|---|" * len(names))
