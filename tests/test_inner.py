@@ -263,3 +263,48 @@ def test_config_step_scales_set_each_inner_step():
         InnerConfig(step_scales=[1.0, -0.5])
     with pytest.raises(ConfigError, match="step_scales applies to step_size: fixed"):
         InnerConfig(step_scales=[1.0], step_size="learned")
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_mlp_forward_tasks_equals_vmapped_forward_with_per_task_second_order_gradients(shared, float64):
+    """The policy's and the sinusoid net's batched layers (one product per layer; one plain GEMM for
+    parameters expanded over the tasks when no gradient is recorded) give vmap's outputs, and
+    the per-task gradients and second-order meta-gradient of an inner step from expanded
+    parameters, where a single GEMM would pool every task's gradient onto task 0."""
+    from torch.func import functional_call, vmap
+
+    from rl_maml.functional import expand_params
+    from rl_maml.rl.policy import GaussianMLPPolicy
+
+    torch.manual_seed(0)
+    M = 3
+    policy = GaussianMLPPolicy(4, 2, (5, 6), "tanh", init_std=0.7)
+    base = params_of(policy)
+    params = expand_params(base, M)
+    if not shared:
+        params = {n: v + 0.1 * torch.randn_like(v) for n, v in params.items()}
+    obs = torch.randn(M, 7, 2, 4)  # an extra leading axis, as episodes [M, B, T] would have
+    looped = vmap(lambda p, x: functional_call(policy, p, (x,)))
+    with torch.no_grad():
+        for a, b in zip(TaskBatchedModel(policy)(params, obs), looped(params, obs)):
+            assert a.shape == b.shape and torch.allclose(a, b, atol=1e-12)
+    mlp = policy.mean
+    mlp_params = {n[len("mean."):]: v for n, v in params.items() if n.startswith("mean.")}
+    hidden = torch.randn(M, 7, 5)  # the second layer's input: forward from layer 1 on (rl_maml.patterns)
+    with torch.no_grad():
+        assert torch.allclose(mlp.forward_tasks(mlp_params, {}, hidden, start=1),
+                              vmap(lambda p, x: functional_call(mlp, p, (x,), {"start": 1}))(mlp_params, hidden),
+                              atol=1e-12)
+
+    def inner_then_outer(forward):
+        mean, log_std = forward(params, obs)
+        loss = ((mean - 1) ** 2 * torch.exp(-2 * log_std)).sum() + log_std.sum()  # a Gaussian's NLL
+        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        adapted = {n: v - 0.1 * g for (n, v), g in zip(params.items(), grads)}
+        mean, log_std = forward(adapted, obs + 1)
+        return grads, torch.autograd.grad((mean ** 2).sum() + (log_std ** 2).sum(), list(base.values()))
+
+    (g1, m1), (g2, m2) = inner_then_outer(TaskBatchedModel(policy)), inner_then_outer(looped)
+    for a, b in zip(g1 + m1, g2 + m2):
+        assert torch.allclose(a, b, atol=1e-10)
+    assert all((g[1:] != g[0]).any() for g in g1)  # every task has its own inner gradient

@@ -73,6 +73,15 @@ class GaussianMLPPolicy(nn.Module):
         mean = self.mean(obs)
         return mean, self.log_std.clamp(min=self.min_log_std).expand_as(mean)
 
+    def forward_tasks(self, params: dict[str, Tensor], buffers: dict[str, Tensor], obs: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` for M parameter sets ``[M, ...]`` and observations ``[M, ..., obs_dim]``
+        (what :class:`~rl_maml.functional.TaskBatchedModel` calls; see :meth:`MLP.forward_tasks`)."""
+        mean = self.mean.forward_tasks({n[len("mean."):]: v for n, v in params.items() if n.startswith("mean.")},
+                                       {}, obs)
+        log_std = params["log_std"].clamp(min=self.min_log_std)
+        return mean, log_std.view(log_std.shape[0], *([1] * (mean.dim() - 2)), -1).expand_as(mean)
+
 
 def log_prob(mean: Tensor, log_std: Tensor, actions: Tensor) -> Tensor:
     """Log density of ``actions`` under the diagonal Gaussian, summed over the action axis."""
