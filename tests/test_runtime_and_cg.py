@@ -48,7 +48,7 @@ def test_the_command_line_reuses_freed_memory_unless_told_not_to(choice, tuned):
     freed 256 MB tensor are reused by the next ones instead of being faulted in again."""
     code = ("import resource, sys, torch; from rl_maml.experiments import cli; from rl_maml import runtime; "
             "cli.main(['presets']); faults = []\n"
-            "for _ in range(3):\n"
+            "for _ in range(5):\n"
             "    f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; t = torch.ones(1 << 26); del t\n"
             "    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f)\n"
             "print(runtime.apply()['malloc_tuned'], faults[-1], file=sys.stderr)")
@@ -59,7 +59,7 @@ def test_the_command_line_reuses_freed_memory_unless_told_not_to(choice, tuned):
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True).stderr.split()
     assert err[-2] == str(tuned)
-    faults = int(err[-1])  # 65,536 pages of 4 kB when the block is mapped afresh (after a warm-up)
+    faults = int(err[-1])  # 65,536 pages of 4 kB when the block is mapped afresh (after warm-up rounds)
     assert (faults < 1000) if tuned else (faults > 10000)
     bad = subprocess.run([sys.executable, "-c", "import rl_maml"], capture_output=True, text=True,
                          env={**env, "RL_MAML_TUNE_MALLOC": "yes"})
