@@ -265,27 +265,7 @@ class Conv4(nn.Module):
             h = None
         else:
             h, b = x, x.shape[0]
-        for layer, (conv, bn) in enumerate(self._blocks[start:min(stop, 4)], start):
-            w, bias = params[f"{conv}.weight"], self._conv_bias(params, conv, bn)
-            if layer == 0 and self._fused_first:
-                h = self._first_block(x, w, params[f"{bn}.weight"], params[f"{bn}.bias"], params[f"{conv}.bias"], bn)
-                h = h.transpose(0, 1).flatten(1, 2)  # [M, B, O, Ho, Wo] -> the folded layout
-                if self.downsample == "maxpool":
-                    h = F.max_pool2d(h, 2)
-                continue
-            if layer == 0 and self._unfold_first:
-                # [M, B, O, Ho, Wo] from the unfold-matmul, then into the folded layout
-                h = self._first_conv(x, w, bias).transpose(0, 1).flatten(1, 2)
-            else:
-                if h is None:
-                    h = x.transpose(0, 1).reshape(b, m * x.shape[2], *x.shape[3:])
-                h = F.conv2d(h, w.reshape(-1, *w.shape[2:]), None if bias is None else bias.reshape(-1),
-                             stride=self.stride, padding=1,
-                             groups=m)
-            shift = params[f"{bn}.bias"] if bias is not None else params[f"{bn}.bias"] + 0 * params[f"{conv}.bias"]
-            h = self._norm_relu(bn, h, params[f"{bn}.weight"].reshape(-1), shift.reshape(-1), buffers, m)
-            if self.downsample == "maxpool":
-                h = F.max_pool2d(h, 2)
+        h = self._run_blocks(x, h, lambda name: params[name], buffers, m, range(start, min(stop, 4)))
         if stop < 5:
             return h
         if self.downsample == "stride":
@@ -309,17 +289,6 @@ class Conv4(nn.Module):
     def _updates_running_stats(self) -> bool:
         """Training with tracked statistics: the grouped path averages the update over tasks."""
         return self.training and any(getattr(m, "track_running_stats", False) for m in self.modules())
-
-    def _conv_bias(self, params: dict[str, Tensor], conv: str, bn: str, i: int | None = None) -> Tensor | None:
-        """A convolution's bias, or None where the batch norm after it only uses batch statistics: the
-        normalisation subtracts the per-channel mean, so the bias cancels exactly (its gradient is
-        zero) and adding it would be a wasted pass over the activations. The callers keep it in
-        the graph through the batch norm's shift (times zero), so gradients with respect to every
-        parameter exist."""
-        if not self.get_submodule(bn).track_running_stats:  # (tracked estimates include the bias)
-            return None
-        bias = params[f"{conv}.bias"]
-        return bias if i is None else bias[i]
 
     def _first_conv(self, x: Tensor, w: Tensor, bias: Tensor) -> Tensor:
         """The first 3x3 convolution as unfold + matmul: ``x`` ``[*, B, C, H, W]``, ``w``
@@ -377,23 +346,41 @@ class Conv4(nn.Module):
             h = F.batch_norm(h, None, None, weight, bias, True, 0.0, norm.eps)
         return torch.relu(h) if torch.is_grad_enabled() else h.relu_()
 
-    def _forward_one_task(self, params: dict[str, Tensor], buffers: dict[str, Tensor], i: int, x: Tensor) -> Tensor:
-        """Task ``i``'s logits ``[B, classes]`` from its images ``x`` ``[B, C, H, W]`` (dense convolutions)."""
-        h = x
-        for layer, (conv, bn) in enumerate(self._blocks):
-            w, bias = params[f"{conv}.weight"][i], self._conv_bias(params, conv, bn, i)
-            if layer == 0 and self._fused_first:
-                h = self._first_block(h, w, params[f"{bn}.weight"][i], params[f"{bn}.bias"][i], params[f"{conv}.bias"][i], bn)
-                if self.downsample == "maxpool":
-                    h = F.max_pool2d(h, 2)
-                continue
-            if layer == 0 and self._unfold_first:
-                h = self._first_conv(h, w, bias)
+    def _run_blocks(self, x: Tensor, h: Tensor | None, take, buffers: dict[str, Tensor], groups: int,
+                    layers: range) -> Tensor:
+        """The blocks ``layers`` on either path of :meth:`forward_tasks`.
+
+        ``groups`` > 1: the grouped path, parameters ``[M, ...]`` (``take(name)``), activations in
+        the folded layout ``[B, M * C, H, W]`` (``h``; ``None`` to fold the images ``x``
+        ``[M, B, C, H, W]``). ``groups`` = 1: one task's parameters and activations ``[B, C, H, W]``
+        (``h`` ``None``: start from ``x``)."""
+        for layer in layers:
+            conv, bn = self._blocks[layer]
+            w, gamma, beta, conv_bias = (take(f"{conv}.weight"), take(f"{bn}.weight"), take(f"{bn}.bias"),
+                                         take(f"{conv}.bias"))
+            # Before a norm on batch statistics the conv bias cancels exactly (its gradient is zero):
+            # left out of the convolution, kept in the graph through the shift times zero, so
+            # gradients with respect to every parameter exist.
+            bias = conv_bias if self.get_submodule(bn).track_running_stats else None
+            if layer == 0 and (self._fused_first or self._unfold_first):
+                h = (self._first_block(x, w, gamma, beta, conv_bias, bn) if self._fused_first
+                     else self._first_conv(x, w, bias))  # [M, B, O, Ho, Wo] (grouped) or [B, O, Ho, Wo]
+                if groups > 1:
+                    h = h.transpose(0, 1).flatten(1, 2)  # into the folded layout
             else:
-                h = F.conv2d(h, w, bias, stride=self.stride, padding=1)
-            shift = params[f"{bn}.bias"][i] if bias is not None else params[f"{bn}.bias"][i] + 0 * params[f"{conv}.bias"][i]
-            h = self._norm_relu(bn, h, params[f"{bn}.weight"][i], shift, buffers, 1)
+                if h is None:
+                    h = x.transpose(0, 1).flatten(1, 2) if groups > 1 else x
+                h = F.conv2d(h, w.reshape(-1, *w.shape[-3:]), None if bias is None else bias.reshape(-1),
+                             stride=self.stride, padding=1, groups=groups)
+            if not (layer == 0 and self._fused_first):  # the fused first block has its norm and ReLU
+                shift = beta if bias is not None else beta + 0 * conv_bias
+                h = self._norm_relu(bn, h, gamma.reshape(-1), shift.reshape(-1), buffers, groups)
             if self.downsample == "maxpool":
                 h = F.max_pool2d(h, 2)
+        return h
+
+    def _forward_one_task(self, params: dict[str, Tensor], buffers: dict[str, Tensor], i: int, x: Tensor) -> Tensor:
+        """Task ``i``'s logits ``[B, classes]`` from its images ``x`` ``[B, C, H, W]`` (dense convolutions)."""
+        h = self._run_blocks(x, None, lambda name: params[name][i], buffers, 1, range(4))
         feats = h.mean(dim=(2, 3)) if self.downsample == "stride" else h.flatten(1)
         return torch.addmm(params["head.bias"][i], feats, params["head.weight"][i].t())
