@@ -57,12 +57,25 @@ def check_per_task(model: "TaskBatchedModel", params: Params, num_tasks: int, wh
                 f"needed. Expand shared parameters with rl_maml.functional.expand_params(params, {num_tasks}).")
 
 
+def batches_itself(module: nn.Module) -> bool:
+    """Whether ``module.forward_tasks`` stands for its ``forward``: defined by the class that
+    defines ``forward``, or by a subclass of it. A subclass that overrides ``forward`` alone (a
+    policy with its own observation scaling, say) is vmapped instead, so that its own forward
+    is what runs."""
+    def owner(name: str) -> type | None:
+        return next((c for c in type(module).__mro__ if name in c.__dict__), None)
+
+    tasks = owner("forward_tasks")
+    return tasks is not None and issubclass(tasks, owner("forward"))
+
+
 class TaskBatchedModel:
     """Applies one ``nn.Module`` with a different parameter set per task, for all tasks at once.
 
     A module may batch over tasks itself by defining ``forward_tasks(params, buffers, x)`` with
     ``params`` ``[M, ...]`` and ``x`` ``[M, K, ...]`` (see :meth:`rl_maml.nn.Conv4.forward_tasks`);
-    otherwise its ordinary forward is vmapped over the task axis.
+    otherwise, or when a subclass overrides ``forward`` but not ``forward_tasks``
+    (:func:`batches_itself`), its ordinary forward is vmapped over the task axis.
 
     Args:
         module: any module. Its parameters give the names and shapes; its buffers are shared by
@@ -86,7 +99,7 @@ class TaskBatchedModel:
 
         self._forward_one = forward_one
         self._loss_one = loss_one
-        forward_tasks = getattr(module, "forward_tasks", None)
+        forward_tasks = getattr(module, "forward_tasks", None) if batches_itself(module) else None
         if forward_tasks is not None:
             # The module batches over tasks itself (e.g. Conv4's grouped convolutions); only the
             # criterion is vmapped.
@@ -108,7 +121,7 @@ class TaskBatchedModel:
         """Batched layers ``start..stop-1`` only, for modules whose forward takes ``start``/``stop``
         (:class:`rl_maml.nn.MLP`, :class:`rl_maml.nn.Conv4`): computes a frozen prefix once, or
         continues from one. The intermediate layout is the module's own."""
-        forward_tasks = getattr(self.module, "forward_tasks", None)
+        forward_tasks = getattr(self.module, "forward_tasks", None) if batches_itself(self.module) else None
         if forward_tasks is not None:
             return forward_tasks(params, self.buffers(), x, start=start, stop=stop)
 

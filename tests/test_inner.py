@@ -308,3 +308,22 @@ def test_mlp_forward_tasks_equals_vmapped_forward_with_per_task_second_order_gra
     for a, b in zip(g1 + m1, g2 + m2):
         assert torch.allclose(a, b, atol=1e-10)
     assert all((g[1:] != g[0]).any() for g in g1)  # every task has its own inner gradient
+
+
+def test_a_subclass_that_overrides_forward_alone_runs_its_own_forward():
+    """TaskBatchedModel uses ``forward_tasks`` only where it stands for the module's ``forward``."""
+    from rl_maml.functional import batches_itself, expand_params
+    from rl_maml.rl.policy import GaussianMLPPolicy
+
+    class Scaled(GaussianMLPPolicy):
+        def forward(self, obs):
+            return super().forward(obs / 10)
+
+    torch.manual_seed(0)
+    plain, scaled = GaussianMLPPolicy(3, 2, (4,)), Scaled(3, 2, (4,))
+    scaled.load_state_dict(plain.state_dict())
+    assert batches_itself(plain) and not batches_itself(scaled) and batches_itself(Conv4(1, 5))
+    obs = torch.randn(2, 5, 3)
+    with torch.no_grad():
+        mean = TaskBatchedModel(scaled)(expand_params(params_of(scaled), 2), obs)[0]
+        assert torch.allclose(mean, scaled(obs)[0]) and not torch.allclose(mean, plain(obs)[0])
