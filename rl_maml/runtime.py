@@ -20,7 +20,9 @@ Importing :mod:`rl_maml` sets the first; the command line also sets the second:
   one meta-step took 4.4 s there, 3 s of it in the kernel (1.08 million faults), against 0.8 s
   with no fault. :func:`tune_allocator` serves every block from the heap (``M_MMAP_MAX`` 0), which
   is never trimmed: freed memory is reused, so after the first iteration nothing faults. The
-  cost is that the process keeps its peak heap until it exits. The command line (``rl-maml``),
+  cost is memory: the process keeps its peak heap, with some fragmentation, until it exits
+  (AntDir's training held a steady 7.1 GB where glibc's default peaked at 4.5 GB; set
+  ``RL_MAML_TUNE_MALLOC=0`` where memory is short). The command line (``rl-maml``),
   whose runs are long and own the machine, turns it on; importing :mod:`rl_maml` does not.
   ``RL_MAML_TUNE_MALLOC=1`` turns it on anywhere, ``RL_MAML_TUNE_MALLOC=0`` off everywhere.
   Glibc only; glibc's own ``MALLOC_*_`` variables, when set, are respected instead.
