@@ -137,15 +137,13 @@ episodes, one inner step, REINFORCE, exact curvature, 10 CG iterations."""
 
 
 def config(args):
-    if getattr(args, "preset", None):
-        from rl_maml.api import load_config
+    from rl_maml.api import load_config
 
+    if getattr(args, "preset", None):
         return load_config(args.preset, [f"train.meta_batch_size={args.tasks}", f"trpo.cg_iters={args.cg_iters}",
                                          f"trpo.fvp={args.fvp}", f"trpo.fvp_subsample={args.fvp_subsample}",
                                          f"train.meta_step_threads={args.meta_step_threads}"])
     if args.workload == "navigation":
-        from rl_maml.api import load_config
-
         return load_config("navigation", [*NAVIGATION_PAPER, f"trpo.cg_iters={args.cg_iters}", f"trpo.fvp={args.fvp}",
                                           f"train.meta_step_threads={args.meta_step_threads}"])
     return from_dict(MetaRLConfig, {
@@ -213,13 +211,10 @@ def main() -> None:
         with Contention(args.contend):
             runs[f"{args.contend} busy process(es) beside"] = measure(args, device)
     navigation = args.workload == "navigation" and not args.preset
-    if args.preset:
-        cfg = config(args)
-        raw = raw_rate(cfg.env.name, cfg.train.meta_batch_size * cfg.train.fast_batch_size,
-                       convention=cfg.env.convention, backend=cfg.env.backend, device=device)
-    else:
-        raw = None if navigation else raw_rate(args.env, args.tasks * args.episodes, convention=args.convention,
-                                               backend=args.backend, device=device)
+    cfg = config(args)
+    n_envs = cfg.train.meta_batch_size * cfg.train.fast_batch_size
+    raw = None if navigation else raw_rate(cfg.env.name, n_envs, convention=cfg.env.convention,
+                                           backend=cfg.env.backend, device=device)
     alone = runs["alone"]
     torch.set_num_threads(alone["meta_step_threads"])
     rates = None if args.no_products else product_costs(
@@ -255,7 +250,6 @@ def main() -> None:
     print("| CG products, final residual |g - Fx|/|g| | " + " | ".join(
         f"{runs[n]['charts/cg_products']:.0f}, {runs[n]['charts/cg_residual']:.1e} | " for n in names) + " |")
     if raw is not None:
-        n_envs = cfg.train.meta_batch_size * cfg.train.fast_batch_size if args.preset else args.tasks * args.episodes
         print(f"\nbatched stepper raw (N = {n_envs}): {raw:,.0f} env steps/s")
     if args.contend:
         n = names[1]

@@ -100,6 +100,7 @@ class TaskBatchedModel:
         self._forward_one = forward_one
         self._loss_one = loss_one
         forward_tasks = getattr(module, "forward_tasks", None) if batches_itself(module) else None
+        self._forward_tasks = forward_tasks
         if forward_tasks is not None:
             # The module batches over tasks itself (e.g. Conv4's grouped convolutions); only the
             # criterion is vmapped.
@@ -121,9 +122,8 @@ class TaskBatchedModel:
         """Batched layers ``start..stop-1`` only, for modules whose forward takes ``start``/``stop``
         (:class:`rl_maml.nn.MLP`, :class:`rl_maml.nn.Conv4`): computes a frozen prefix once, or
         continues from one. The intermediate layout is the module's own."""
-        forward_tasks = getattr(self.module, "forward_tasks", None) if batches_itself(self.module) else None
-        if forward_tasks is not None:
-            return forward_tasks(params, self.buffers(), x, start=start, stop=stop)
+        if self._forward_tasks is not None:
+            return self._forward_tasks(params, self.buffers(), x, start=start, stop=stop)
 
         def one(p: Params, b: Buffers, xi: Tensor) -> Tensor:
             return functional_call(self.module, (p, b), (xi,), {"start": start, "stop": stop})
