@@ -81,6 +81,49 @@ def test_baseline_fits_only_each_tasks_steps_whatever_the_chunking(chunk_rows, m
     assert (values[mask == 0] == 0).all()
 
 
+_THREADED_FIT = """
+import sys, numpy as np, torch
+from rl_maml.rl.baseline import LinearFeatureBaseline
+torch.set_num_threads(2)
+g = torch.Generator().manual_seed(0)
+T, M, B, d = 40, 3, 10, 100  # 204 features, as large as Ant's 254 for the bug
+obs, returns = torch.randn(T, M, B, d, generator=g), torch.randn(T, M, B, generator=g)
+mask = torch.ones(T, M, B)
+values = LinearFeatureBaseline().fit_predict(obs, returns, mask)
+feats = LinearFeatureBaseline.features(obs).double()
+for m in range(M):
+    x, y = feats[:, m].reshape(-1, feats.shape[-1]).numpy(), returns[:, m].reshape(-1).double().numpy()
+    coef = np.linalg.solve(x.T @ x + 1e-5 * np.eye(x.shape[1]), x.T @ y)
+    np.testing.assert_allclose(values[:, m].reshape(-1).numpy(), x @ coef, rtol=1e-4, atol=1e-4)
+print("fitted")
+"""
+
+
+def test_baseline_fit_with_two_threads_and_many_features():
+    """With two torch threads and about 200 features (Ant's observation gives 254), the batched
+    LU of ``torch.linalg.solve`` printed MKL errors and hung (pytorch/pytorch#142815); the
+    Cholesky fit finishes and agrees with numpy. In a subprocess, so that a hang fails the test."""
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-c", _THREADED_FIT], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "fitted" in done.stdout, done.stderr[-2000:]
+    assert "MKL ERROR" not in done.stderr
+
+
+def test_baseline_ridge_grows_until_the_system_is_positive_definite():
+    """A system that is not positive definite at the initial ridge gets a tenfold larger one, up
+    to five times; past that the fit stops with an error that names the likely cause."""
+    xtx = torch.diag(torch.tensor([1.0, -1e-3], dtype=torch.float64)).unsqueeze(0)  # needs reg > 1e-3
+    xty = torch.tensor([[[2.0], [3.0]]], dtype=torch.float64)
+    coef = LinearFeatureBaseline._ridge_solve(xtx, xty, 1e-5)
+    expected = torch.linalg.solve(xtx[0] + 1e-2 * torch.eye(2, dtype=torch.float64), xty[0])  # 1e-5 * 10^3
+    torch.testing.assert_close(coef[0], expected)
+    with pytest.raises(FloatingPointError, match="no finite solution"):
+        LinearFeatureBaseline._ridge_solve(-torch.eye(2, dtype=torch.float64).unsqueeze(0), xty, 1e-5)
+    with pytest.raises(ValueError, match="reg_coeff"):
+        LinearFeatureBaseline(reg_coeff=0.0)
+
+
 def test_conjugate_gradient_matches_numpy_solve():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((8, 8))

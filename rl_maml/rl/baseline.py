@@ -12,14 +12,17 @@ class LinearFeatureBaseline:
     """Predicts returns from ``[o, o^2, t, t^2, t^3, 1]`` (``o`` clipped to [-10, 10], ``t`` = step/100).
 
     :meth:`fit_predict` fits one ridge regression per task on that task's episodes and returns the
-    fitted values; all M tasks are solved in one batched ``torch.linalg.solve`` in float64. When
+    fitted values; all M tasks are solved in one batched Cholesky factorisation in float64. When
     a system is ill-conditioned the ridge term grows tenfold (up to five times).
 
     Args:
-        reg_coeff: initial ridge coefficient.
+        reg_coeff: initial ridge coefficient (> 0).
     """
 
     def __init__(self, reg_coeff: float = 1e-5):
+        if not reg_coeff > 0:
+            raise ValueError(f"LinearFeatureBaseline: reg_coeff must be > 0 (the ridge keeps each task's system "
+                             f"positive definite; the default is 1e-5), got {reg_coeff}")
         self.reg_coeff = reg_coeff
 
     @staticmethod
@@ -44,6 +47,28 @@ class LinearFeatureBaseline:
         x[..., 2 * d + 2] = t * t * t
         x[..., 2 * d + 3] = 1
         return x
+
+    @staticmethod
+    def _ridge_solve(xtx: Tensor, xty: Tensor, reg_coeff: float) -> Tensor:
+        """``(xtx + reg I)^-1 xty`` per task by Cholesky (the matrix is symmetric positive definite),
+        the ridge ``reg`` growing tenfold (up to five times) while any task's factorisation fails
+        or gives a non-finite solution.
+
+        Cholesky, not ``torch.linalg.solve``: the batched LU behind ``solve`` fails with
+        "Intel oneMKL ERROR: Parameter 6 was incorrect on entry to DLASWP" and then hangs when
+        torch runs more than one thread and the systems are larger than about 150 x 150
+        (pytorch/pytorch#142815, #141358): Ant's 125-dimensional observation gives 254 features."""
+        eye = torch.eye(xtx.shape[-1], dtype=xtx.dtype, device=xtx.device)
+        reg = reg_coeff
+        for _ in range(5):
+            factor, info = torch.linalg.cholesky_ex(xtx + reg * eye)
+            if not info.any():
+                coef = torch.cholesky_solve(xty, factor)
+                if torch.isfinite(coef).all():
+                    return coef
+            reg *= 10
+        raise FloatingPointError("linear baseline: the ridge regression has no finite solution; "
+                                 "check the observations for NaN or huge values")
 
     CHUNK_ROWS = 16384
     """Rows (steps) of tasks whose features are built at a time (they stay in the CPU's caches)."""
@@ -76,19 +101,7 @@ class LinearFeatureBaseline:
             x = features(c)
             torch.bmm(x.transpose(1, 2), x, out=xtx[c])
             torch.bmm(x.transpose(1, 2), y[c], out=xty[c])
-        eye = torch.eye(F, dtype=xtx.dtype, device=xtx.device)
-        reg = self.reg_coeff
-        for _ in range(5):
-            try:
-                coef = torch.linalg.solve(xtx + reg * eye, xty)
-                if torch.isfinite(coef).all():
-                    break
-            except torch.linalg.LinAlgError:
-                pass
-            reg *= 10
-        else:
-            raise FloatingPointError("linear baseline: the ridge regression has no finite solution; "
-                                     "check the observations for NaN or huge values")
+        coef = self._ridge_solve(xtx, xty, self.reg_coeff)
         fitted = torch.cat([torch.bmm(features(c), coef[c]) for c in chunks]).squeeze(-1)  # [M, K]
         values = torch.zeros_like(returns)
         values[t, m, b] = fitted.to(returns.dtype)  # rows are distinct; the padding rows' values are 0
