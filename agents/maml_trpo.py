@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -20,6 +21,20 @@ from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
 from rl_maml.seeding import numpy_generator, torch_generator
 from rl_maml.training import TrainingError
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run the block with ``count`` torch intra-op threads, then restore the previous count."""
+    before = torch.get_num_threads()
+    if count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class MAMLTRPOAgent:
@@ -35,9 +50,9 @@ class MAMLTRPOAgent:
         fast_batch_size: episodes per task and inner step (B).
         gamma, gae_lambda: discount and GAE parameter.
         seed: drives tasks (per iteration), episode resets and action noise.
-        meta_step_threads: torch threads during the meta-step (0: all cores). Sampling keeps the
-            caller's setting (one thread leaves the cores to MuJoCo, whose threads are idle during
-            the meta-step).
+        meta_step_threads: torch threads for the batch computations: the meta-step, the inner
+            updates and the baseline fits (0: all cores). The rollouts keep the caller's setting
+            (``train.num_threads``: one thread leaves the cores to MuJoCo's own threads).
         batch_steps: env steps per task and inner step: episodes are sampled, ``fast_batch_size``
             at a time, until each task holds this many steps (rllab's sampler; see
             :func:`~rl_maml.rl.episodes.sample_step_budget`). ``None``: exactly
@@ -76,18 +91,23 @@ class MAMLTRPOAgent:
         tasks = {k: torch.as_tensor(v) for k, v in tasks.items()}
         return tasks if self.shard is None else {k: self.shard.slice(v) for k, v in tasks.items()}
 
-    def _sample(self, params, tasks, *keys) -> Episodes:
+    def _sample(self, params, tasks, *keys, rollout_threads: int | None = None) -> Episodes:
+        """Episodes of ``params`` on ``tasks``, with advantages. The rollouts run with
+        ``rollout_threads`` torch threads (default: the current count), the baseline fit with
+        ``meta_step_threads``."""
         offset = 0 if self.shard is None else self.shard.offset
         seeds = episode_seeds(self.seed, *keys, num_tasks=self.M, episodes_per_task=self.B, task_offset=offset)
         gen = torch_generator(self.seed, "actions", *keys, device=self.device)
         params = {k: v.detach() for k, v in params.items()}
-        if self.batch_steps is None:
-            episodes = sample_episodes(self.env, self.meta.batched, params, tasks, self.B, seeds, gen,
-                                       shard=self.shard)
-        else:
-            episodes = sample_step_budget(self.env, self.meta.batched, params, tasks, self.B, self.batch_steps,
-                                          self.seed, keys, gen, shard=self.shard)
-        episodes.compute_advantages(self.baseline, self.gamma, self.gae_lambda)
+        with torch_threads(rollout_threads or torch.get_num_threads()):
+            if self.batch_steps is None:
+                episodes = sample_episodes(self.env, self.meta.batched, params, tasks, self.B, seeds, gen,
+                                           shard=self.shard)
+            else:
+                episodes = sample_step_budget(self.env, self.meta.batched, params, tasks, self.B, self.batch_steps,
+                                              self.seed, keys, gen, shard=self.shard)
+        with torch_threads(self.meta_step_threads):  # the baseline's float64 normal equations
+            episodes.compute_advantages(self.baseline, self.gamma, self.gae_lambda)
         return episodes
 
     def adapt(self, tasks: dict[str, torch.Tensor], iteration: int) -> Adaptation:
@@ -96,16 +116,18 @@ class MAMLTRPOAgent:
         Episodes of inner step s are keyed ``(iteration, s)``, the adapted policies' ``(iteration,
         "valid")``; the returned :class:`~rl_maml.rl.adaptation.Adaptation` holds both."""
         S = self.meta.inner.num_steps
+        rollout_threads = torch.get_num_threads()  # the caller's (train.num_threads)
 
         def sample(params, k: int) -> Episodes:
             t0 = time.perf_counter()
-            episodes = self._sample(params, tasks, iteration, k if k < S else "valid")
+            episodes = self._sample(params, tasks, iteration, k if k < S else "valid", rollout_threads=rollout_threads)
             self._t_sample += time.perf_counter() - t0
             return episodes
 
         self._t_sample = 0.0
-        return adapt_policy(self.meta.batched, self.meta.initial_params(self.M), self.meta.inner, sample, S,
-                            objective=self.meta.trpo.inner_objective)
+        with torch_threads(self.meta_step_threads):  # the inner updates; the rollouts switch back
+            return adapt_policy(self.meta.batched, self.meta.initial_params(self.M), self.meta.inner, sample, S,
+                                objective=self.meta.trpo.inner_objective)
 
     def train_step(self, iteration: int) -> dict[str, float]:
         """One meta-iteration: sample, adapt (fresh episodes after each step), TRPO meta-step."""
@@ -116,12 +138,8 @@ class MAMLTRPOAgent:
         t_sample = self._t_sample
         t2 = time.perf_counter()
         t_adapt = t2 - t0 - t_sample
-        sampling_threads = torch.get_num_threads()
-        torch.set_num_threads(self.meta_step_threads)
-        try:
+        with torch_threads(self.meta_step_threads):
             logs = self.meta.meta_step(train, valid, adapted=states)
-        finally:
-            torch.set_num_threads(sampling_threads)
         t3 = time.perf_counter()
         self._watch_line_search(iteration, logs)
         if self.shard is not None and iteration % self.CHECK_EVERY == 0:

@@ -205,9 +205,10 @@ class RLTrainConfig:
     device: str = "cpu"
     """cpu, cuda or auto; MuJoCo physics always runs on the CPU."""
     num_threads: int | None = 1
-    """torch threads while sampling; one leaves the cores to the MuJoCo threads (torch's threads spin)."""
+    """torch threads during the rollouts; one leaves the cores to the MuJoCo threads (torch's threads spin)."""
     meta_step_threads: int = 0
-    """torch threads during the TRPO meta-step, when MuJoCo is idle (0: all cores)."""
+    """torch threads for the batch computations while MuJoCo is idle: the TRPO meta-step, the inner
+    updates and the baseline fits (0: all cores)."""
 
     def __post_init__(self) -> None:
         if min(self.num_iterations + 1, self.meta_batch_size, self.fast_batch_size, self.checkpoint_every,

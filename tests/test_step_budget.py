@@ -114,6 +114,33 @@ def test_agent_trains_on_the_budget_and_is_deterministic():
     assert {k: logs2[k] for k in untimed} == untimed and all(torch.equal(params[k], params2[k]) for k in params)
 
 
+def test_agent_runs_rollouts_with_the_callers_threads_and_the_rest_with_meta_step_threads(monkeypatch):
+    """Rollouts keep the caller's thread count (train.num_threads, MuJoCo's cores); the baseline
+    fits, inner updates and meta-step use meta_step_threads; the caller's count is restored."""
+    seen: dict[str, set[int]] = {"rollout": set(), "baseline": set(), "inner": set(), "meta": set()}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            seen[name].add(torch.get_num_threads())
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(ShortEpisodes, "step", spy("rollout", ShortEpisodes.step))
+    monkeypatch.setattr(LinearFeatureBaseline, "fit_predict", spy("baseline", LinearFeatureBaseline.fit_predict))
+    monkeypatch.setattr(InnerLoop, "step", spy("inner", InnerLoop.step))
+    monkeypatch.setattr(MAMLTRPO, "meta_step", spy("meta", MAMLTRPO.meta_step))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        agent = MAMLTRPOAgent(ShortEpisodes(2 * 3, 6), GaussianMLPPolicy(2, 2, (8,)), InnerLoop(ConstantStepSize(0.1)),
+                              TRPOSettings(), 2, 3, seed=1, batch_steps=15, meta_step_threads=2)
+        agent.train_step(1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"rollout": {1}, "baseline": {2}, "inner": {2}, "meta": {2}}
+
+
 def test_batch_steps_end_to_end_and_config_error(tmp_path, capsys):
     run = tmp_path / "nav"
     tiny = ["train.meta_batch_size=2", "train.fast_batch_size=2", "env.horizon=8", "policy.hidden_sizes=[8]",
