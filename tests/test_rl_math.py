@@ -111,8 +111,8 @@ def test_baseline_fit_with_two_threads_and_many_features():
 
 
 def test_baseline_ridge_grows_until_the_system_is_positive_definite():
-    """A system that is not positive definite at the initial ridge gets a tenfold larger one, up
-    to five times; past that the fit stops with an error that names the likely cause."""
+    """A system that is not positive definite at the initial ridge gets a ten times larger one,
+    five tries in all; past that the fit stops with an error that names the likely cause."""
     xtx = torch.diag(torch.tensor([1.0, -1e-3], dtype=torch.float64)).unsqueeze(0)  # needs reg > 1e-3
     xty = torch.tensor([[[2.0], [3.0]]], dtype=torch.float64)
     coef = LinearFeatureBaseline._ridge_solve(xtx, xty, 1e-5)

@@ -13,7 +13,7 @@ class LinearFeatureBaseline:
 
     :meth:`fit_predict` fits one ridge regression per task on that task's episodes and returns the
     fitted values; all M tasks are solved in one batched Cholesky factorisation in float64. When
-    a system is ill-conditioned the ridge term grows tenfold (up to five times).
+    a system is ill-conditioned the ridge term is made ten times larger (five tries in all).
 
     Args:
         reg_coeff: initial ridge coefficient (> 0).
@@ -51,8 +51,8 @@ class LinearFeatureBaseline:
     @staticmethod
     def _ridge_solve(xtx: Tensor, xty: Tensor, reg_coeff: float) -> Tensor:
         """``(xtx + reg I)^-1 xty`` per task by Cholesky (the matrix is symmetric positive definite),
-        the ridge ``reg`` growing tenfold (up to five times) while any task's factorisation fails
-        or gives a non-finite solution.
+        the ridge ``reg`` made ten times larger while any task's factorisation fails or gives a
+        non-finite solution (five tries in all).
 
         Cholesky, not ``torch.linalg.solve``: the batched LU behind ``solve`` fails with
         "Intel oneMKL ERROR: Parameter 6 was incorrect on entry to DLASWP" and then hangs when
