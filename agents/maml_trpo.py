@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-from contextlib import contextmanager
 
 import torch
 
@@ -19,22 +18,9 @@ from rl_maml.rl.adaptation import Adaptation, adapt_policy
 from rl_maml.rl.episodes import Episodes, episode_seeds, sample_episodes, sample_step_budget
 from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 from rl_maml.rl.policy import GaussianMLPPolicy
+from rl_maml.runtime import torch_threads
 from rl_maml.seeding import numpy_generator, torch_generator
 from rl_maml.training import TrainingError
-
-
-@contextmanager
-def torch_threads(count: int):
-    """Run the block with ``count`` torch intra-op threads, then restore the previous count."""
-    before = torch.get_num_threads()
-    if count == before:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class MAMLTRPOAgent:

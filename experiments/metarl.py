@@ -9,6 +9,7 @@ randomly initialised policy adapted the same way.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,7 +209,8 @@ class RLTrainConfig:
     """torch threads during the rollouts; one leaves the cores to the MuJoCo threads (torch's threads spin)."""
     meta_step_threads: int = 0
     """torch threads for the batch computations while MuJoCo is idle: the TRPO meta-step, the inner
-    updates and the baseline fits (0: all cores)."""
+    updates and the baseline fits (0: all cores); ``rl-maml eval`` uses it for its fits and inner
+    updates too."""
 
     def __post_init__(self) -> None:
         if min(self.num_iterations + 1, self.meta_batch_size, self.fast_batch_size, self.checkpoint_every,
@@ -398,10 +400,14 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     inners = {"maml": evaluation_inner(agent.meta.inner, e.step_scales),
               "other": evaluation_inner(configured, e.step_scales)}
 
+    # as in training: the rollouts with train.num_threads, fits and inner updates with meta_step_threads
+    batch_threads = cfg.train.meta_step_threads or os.cpu_count() or 1
+
     def adapt(name: str, policy: GaussianMLPPolicy, tasks: dict[str, torch.Tensor], seed: int):
         return adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps,
                                   inners["maml" if name == "maml" else "other"], LinearFeatureBaseline(),
-                                  cfg.train.gamma, cfg.train.gae_lambda, seed, steps_per_task=e.batch_steps)
+                                  cfg.train.gamma, cfg.train.gae_lambda, seed, steps_per_task=e.batch_steps,
+                                  batch_threads=batch_threads)
 
     episode_counts = {}
     for name, policy in policies.items():

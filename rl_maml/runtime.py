@@ -28,6 +28,10 @@ Importing :mod:`rl_maml` sets the first; the command line also sets the second:
   Glibc only; glibc's own ``MALLOC_*_`` variables, when set, are respected instead.
 
 Neither setting changes a single number a run computes.
+
+:func:`torch_threads` sets torch's intra-op thread count for one block: the meta-RL training and
+evaluation step MuJoCo with one torch thread (MuJoCo's own threads use the cores) and run the
+batch computations (baseline fits, inner updates, the meta-step) on all cores.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import ctypes
 import ctypes.util
 import os
 import sys
+from contextlib import contextmanager
 
 SPINCOUNT = "10000"
 """``GOMP_SPINCOUNT`` set when the user set no wait policy."""
@@ -91,3 +96,22 @@ def apply(tune_malloc: bool = False) -> dict[str, object]:
     if not _applied.get("malloc_tuned"):
         _applied["malloc_tuned"] = tune_allocator(default=tune_malloc)
     return dict(_applied)
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """Run the block with ``count`` torch intra-op threads, then restore the previous count
+    (``None``: leave the count as it is)."""
+    import torch  # after rl_maml has set OpenMP's wait policy
+
+    before = torch.get_num_threads()
+    if count is None or count == before:
+        yield
+        return
+    if count < 1:
+        raise ValueError(f"torch_threads needs a count >= 1, got {count}")
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -101,6 +101,45 @@ def test_adaptation_returns_average_over_the_kept_episodes_only():
         adaptation_returns(*args, steps_per_task=0)
 
 
+def test_evaluation_runs_rollouts_with_the_callers_threads_and_fits_and_inner_steps_with_batch_threads(
+        monkeypatch):
+    """As in training: rl-maml eval steps the envs with train.num_threads (MuJoCo's cores) and fits
+    the baseline and takes the inner steps with meta_step_threads; the caller's count comes back,
+    and the returns do not depend on the split."""
+    seen: dict[str, set[int]] = {"rollout": set(), "baseline": set(), "inner": set()}
+
+    def spy(name, fn):
+        def wrapped(*args, **kwargs):
+            seen[name].add(torch.get_num_threads())
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(LengthBySeed, "step", spy("rollout", LengthBySeed.step))
+    monkeypatch.setattr(LinearFeatureBaseline, "fit_predict", spy("baseline", LinearFeatureBaseline.fit_predict))
+    monkeypatch.setattr(InnerLoop, "step", spy("inner", InnerLoop.step))
+    M, B, T = 2, 3, 6
+    tasks = {"x": torch.zeros(M)}
+
+    def run(**kwargs):
+        return adaptation_returns(_policy(), LengthBySeed(M * B, T), tasks, B, 2,
+                                  InnerLoop(ConstantStepSize(0.1), first_order=True), LinearFeatureBaseline(),
+                                  0.99, 1.0, 3, steps_per_task=10, **kwargs)[0]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        split = run(batch_threads=2)
+        assert torch.get_num_threads() == 1
+        assert seen == {"rollout": {1}, "baseline": {2}, "inner": {2}}
+        for found in seen.values():
+            found.clear()
+        same = run()  # no batch_threads: everything with the caller's count
+        assert seen == {"rollout": {1}, "baseline": {1}, "inner": {1}}
+    finally:
+        torch.set_num_threads(before)
+    assert torch.allclose(split, same)
+
+
 class Recording(LengthBySeed):
     """LengthBySeed that keeps every action it was stepped with."""
 

@@ -138,3 +138,24 @@ def test_closed_form_is_refused_for_a_policy_it_does_not_cover():
         meta.closed_form_curvature(list(meta.params()))
     auto = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.1), 1), TRPOSettings(fvp="auto"))
     assert not auto.closed_form_curvature(list(auto.params()))
+
+
+def test_torch_threads_sets_the_count_for_the_block_and_restores_it():
+    torch_threads = runtime.torch_threads
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch_threads(2):
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 1
+        with pytest.raises(RuntimeError, match="inside"):
+            with torch_threads(2):
+                raise RuntimeError("inside")
+        assert torch.get_num_threads() == 1  # restored when the block fails too
+        with torch_threads(None):
+            assert torch.get_num_threads() == 1
+        with pytest.raises(ValueError, match=">= 1"):
+            with torch_threads(0):
+                pass
+    finally:
+        torch.set_num_threads(before)
