@@ -102,21 +102,14 @@ def test_adaptation_returns_average_over_the_kept_episodes_only():
 
 
 def test_evaluation_runs_rollouts_with_the_callers_threads_and_fits_and_inner_steps_with_batch_threads(
-        monkeypatch):
+        thread_counts):
     """As in training: rl-maml eval steps the envs with train.num_threads (MuJoCo's cores) and fits
     the baseline and takes the inner steps with meta_step_threads; the caller's count comes back,
     and the returns do not depend on the split."""
-    seen: dict[str, set[int]] = {"rollout": set(), "baseline": set(), "inner": set()}
-
-    def spy(name, fn):
-        def wrapped(*args, **kwargs):
-            seen[name].add(torch.get_num_threads())
-            return fn(*args, **kwargs)
-        return wrapped
-
-    monkeypatch.setattr(LengthBySeed, "step", spy("rollout", LengthBySeed.step))
-    monkeypatch.setattr(LinearFeatureBaseline, "fit_predict", spy("baseline", LinearFeatureBaseline.fit_predict))
-    monkeypatch.setattr(InnerLoop, "step", spy("inner", InnerLoop.step))
+    seen, watch = thread_counts
+    watch("rollout", LengthBySeed, "step")
+    watch("baseline", LinearFeatureBaseline, "fit_predict")
+    watch("inner", InnerLoop, "step")
     M, B, T = 2, 3, 6
     tasks = {"x": torch.zeros(M)}
 

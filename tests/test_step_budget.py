@@ -114,21 +114,14 @@ def test_agent_trains_on_the_budget_and_is_deterministic():
     assert {k: logs2[k] for k in untimed} == untimed and all(torch.equal(params[k], params2[k]) for k in params)
 
 
-def test_agent_runs_rollouts_with_the_callers_threads_and_the_rest_with_meta_step_threads(monkeypatch):
+def test_agent_runs_rollouts_with_the_callers_threads_and_the_rest_with_meta_step_threads(thread_counts):
     """Rollouts keep the caller's thread count (train.num_threads, MuJoCo's cores); the baseline
     fits, inner updates and meta-step use meta_step_threads; the caller's count is restored."""
-    seen: dict[str, set[int]] = {"rollout": set(), "baseline": set(), "inner": set(), "meta": set()}
-
-    def spy(name, fn):
-        def wrapped(*args, **kwargs):
-            seen[name].add(torch.get_num_threads())
-            return fn(*args, **kwargs)
-        return wrapped
-
-    monkeypatch.setattr(ShortEpisodes, "step", spy("rollout", ShortEpisodes.step))
-    monkeypatch.setattr(LinearFeatureBaseline, "fit_predict", spy("baseline", LinearFeatureBaseline.fit_predict))
-    monkeypatch.setattr(InnerLoop, "step", spy("inner", InnerLoop.step))
-    monkeypatch.setattr(MAMLTRPO, "meta_step", spy("meta", MAMLTRPO.meta_step))
+    seen, watch = thread_counts
+    watch("rollout", ShortEpisodes, "step")
+    watch("baseline", LinearFeatureBaseline, "fit_predict")
+    watch("inner", InnerLoop, "step")
+    watch("meta", MAMLTRPO, "meta_step")
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
