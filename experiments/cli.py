@@ -5,6 +5,7 @@
     rl-maml presets
     rl-maml config CONFIG [key=value ...]
     rl-maml curves DIR --out OUT
+    rl-maml compare RESULTS_JSON --out OUT
     rl-maml export DIR --out OUT [--command TEXT]
     rl-maml download omniglot --root DIR
 
@@ -212,6 +213,14 @@ def cmd_curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .paper_compare import write_comparison
+
+    for path in write_comparison(Path(args.results), Path(args.out)):
+        print(f"written: {path}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """A run's config and newest checkpoint as a small folder to commit or share (a run folder
     that ``rl-maml eval`` and ``rl-maml train --resume`` accept once copied), with ``run.json``:
@@ -298,6 +307,10 @@ def parser() -> argparse.ArgumentParser:
                    help="an earlier curves.csv of the same run: its rows before the run's first logged iteration "
                         "come first (a run resumed from an exported checkpoint has only its own events)")
     c.set_defaults(func=cmd_curves)
+    m = sub.add_parser("compare", help="a locomotion evaluation beside the MAML paper's own returns, task by task")
+    m.add_argument("results", help="an evaluation's results.json (eval.test_tasks=reference), e.g. RUN_DIR/eval/results.json")
+    m.add_argument("--out", required=True, help="folder for paper_per_task.md and paper_per_task.png")
+    m.set_defaults(func=cmd_compare)
     x = sub.add_parser("export", help="a run's config and newest checkpoint as a folder to commit (with run.json)")
     x.add_argument("run_dir")
     x.add_argument("--out", required=True, help="the folder to write")
