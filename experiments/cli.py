@@ -205,10 +205,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_curves(args: argparse.Namespace) -> int:
-    from .curves import write_curves
+    from .curves import write_any_curves
 
     history = None if args.history is None else Path(args.history)
-    for path in write_curves(Path(args.run_dir), Path(args.out), args.title, history):
+    for path in write_any_curves(Path(args.run_dir), Path(args.out), args.title, history, args.paper):
         print(f"written: {path}")
     return 0
 
@@ -299,16 +299,22 @@ def parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_config)
     s = sub.add_parser("presets", help="list the shipped config presets")
     s.set_defaults(func=cmd_presets)
-    c = sub.add_parser("curves", help="a meta-RL run's learning curves from its TensorBoard events (CSV and plot)")
+    c = sub.add_parser("curves", help="a run's learning curves (CSV and plot): a meta-RL run's returns from its "
+                                      "TensorBoard events, a supervised run's validation curve")
     c.add_argument("run_dir")
-    c.add_argument("--out", required=True, help="folder for curves.csv and curves.png")
+    c.add_argument("--out", required=True,
+                   help="folder for curves.csv and curves.png (meta-RL) or validation.csv and validation.png")
     c.add_argument("--title", default=None, help="the plot's title (default: the run folder's name)")
     c.add_argument("--history", default=None,
                    help="an earlier curves.csv of the same run: its rows before the run's first logged iteration "
-                        "come first (a run resumed from an exported checkpoint has only its own events)")
+                        "come first (a run resumed from an exported checkpoint has only its own events); "
+                        "for a supervised run, an earlier validation.csv")
+    c.add_argument("--paper", type=float, default=None,
+                   help="a supervised run: the paper's test accuracy (%%), drawn as a dashed line for reference")
     c.set_defaults(func=cmd_curves)
     m = sub.add_parser("compare", help="a locomotion evaluation beside the MAML paper's own returns, task by task")
-    m.add_argument("results", help="an evaluation's results.json (eval.test_tasks=reference), e.g. RUN_DIR/eval/results.json")
+    m.add_argument("results",
+                   help="an evaluation's results.json (eval.test_tasks=reference), e.g. RUN_DIR/eval/results.json")
     m.add_argument("--out", required=True, help="folder for paper_per_task.md and paper_per_task.png")
     m.set_defaults(func=cmd_compare)
     x = sub.add_parser("export", help="a run's config and newest checkpoint as a folder to commit (with run.json)")

@@ -1,9 +1,14 @@
-"""Learning curves of a meta-RL run from its TensorBoard events: a CSV and a plot.
+"""Learning curves of a run: a CSV and a plot.
 
-``rl-maml curves runs/ant_vel_maml --out docs/results/ant_vel_maml_reference`` writes
-``curves.csv`` (one row per logged iteration: returns before and after adaptation, episodes per
-task, env steps, wall-clock time) and ``curves.png`` (the returns against iterations and against
-cumulative env steps).
+``rl-maml curves runs/ant_vel_maml --out docs/results/ant_vel_maml_reference`` writes, for a
+meta-RL run, ``curves.csv`` (one row per logged iteration from the TensorBoard events: returns
+before and after adaptation, episodes per task, env steps, wall-clock time) and ``curves.png``
+(the returns against iterations and against cumulative env steps).
+
+For a supervised run (sinusoid, few-shot classification) it writes ``validation.csv`` (one row
+per validation: the accuracy or loss after each scored step, and the wall-clock time at that
+iteration from the TensorBoard events) and ``validation.png`` (the curve after adaptation against
+iterations and against wall-clock time).
 """
 
 from __future__ import annotations
@@ -29,16 +34,10 @@ COLUMNS = {
 
 def read_curves(run_dir: Path) -> list[dict[str, float]]:
     """One dict per logged iteration, with the :data:`COLUMNS` the run logged."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    tb = Path(run_dir) / "tb"
-    if not tb.is_dir():
-        raise CheckpointError(f"{run_dir} has no TensorBoard folder {tb}: is it a run folder?")
-    events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
-    events.Reload()
-    tags = set(events.Tags()["scalars"])
+    events, tags = _scalars(run_dir)
     if COLUMNS["return_post"] not in tags:
-        raise CheckpointError(f"{tb} holds no meta-RL returns ({COLUMNS['return_post']}): is it a meta-RL run?")
+        raise CheckpointError(f"{Path(run_dir) / 'tb'} holds no meta-RL returns ({COLUMNS['return_post']}) and the "
+                              "run has no validation.jsonl: is it a training run's folder?")
     rows: dict[int, dict[str, float]] = {}
     for name, tag in COLUMNS.items():
         if tag in tags:
@@ -52,13 +51,103 @@ def read_history(path: Path, before: int) -> list[dict[str, float]]:
     resumed from an exported checkpoint has only its own TensorBoard events."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"--history {path} is not a file: give the curves.csv written for the run's earlier pieces")
+        raise CheckpointError(f"--history {path} is not a file: give the curves.csv (or validation.csv) written for "
+                              "the run's earlier pieces")
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         if "iteration" not in (reader.fieldnames or []):
             raise CheckpointError(f"--history {path} has no 'iteration' column: is it a curves.csv?")
         return [{k: float(v) if k != "iteration" else int(float(v)) for k, v in row.items() if v not in ("", None)}
                 for row in reader if int(float(row["iteration"])) < before]
+
+
+def _scalars(run_dir: Path) -> tuple[object, set[str]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = Path(run_dir) / "tb"
+    if not tb.is_dir():
+        raise CheckpointError(f"{run_dir} has no TensorBoard folder {tb}: is it a run folder?")
+    events = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    events.Reload()
+    return events, set(events.Tags()["scalars"])
+
+
+def read_validation(run_dir: Path) -> list[dict[str, float]]:
+    """The rows of ``run_dir/validation.jsonl``, each with ``wall_clock_s``: the run's recorded
+    wall-clock time at that iteration, interpolated between the iterations TensorBoard logged."""
+    import json
+
+    import numpy as np
+
+    path = Path(run_dir) / "validation.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            row = json.loads(line)
+            rows.append({"iteration": int(row["iteration"]),
+                         **{k: float(v) for k, v in row.items() if k.startswith("val/")}})
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn last line
+    if not rows:
+        raise CheckpointError(f"{path} holds no validation rows: was the run validated (eval.val_every)?")
+    events, tags = _scalars(run_dir)
+    if COLUMNS["total_wall_clock_s"] in tags:
+        logged = events.Scalars(COLUMNS["total_wall_clock_s"])
+        steps, times = [e.step for e in logged], [e.value for e in logged]
+        for row in rows:
+            if steps[0] <= row["iteration"] <= steps[-1]:
+                row["wall_clock_s"] = float(np.interp(row["iteration"], steps, times))
+    return sorted(rows, key=lambda r: r["iteration"])
+
+
+def write_validation_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None,
+                            paper: float | None = None) -> tuple[Path, Path]:
+    """``validation.csv`` and ``validation.png`` of a supervised run (see the module's docstring)."""
+    rows = read_validation(run_dir)
+    if history is not None:
+        rows = read_history(history, rows[0]["iteration"]) + rows
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = sorted({k for r in rows for k in r if k.startswith("val/")},
+                     key=lambda k: (k.rsplit("_after_", 1)[0], int(k.rsplit("_after_", 1)[-1].split("_")[0])
+                                    if "_after_" in k else 0))
+    fields = ["iteration", "wall_clock_s", *metrics]
+    with open(out / "validation.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    timed = [r for r in rows if "wall_clock_s" in r]
+    hours = bool(timed) and timed[-1]["wall_clock_s"] > 3 * 3600
+    fig, axes = plots.plt.subplots(1, 2 if timed else 1, figsize=(10 if timed else 5.5, 4), squeeze=False)
+    # before adaptation the few-shot accuracy sits at chance: drawn only when nothing else was scored
+    drawn = [k for k in metrics if not k.endswith("_after_0_steps")] or metrics
+    for ax, x in zip(axes[0], ("iteration", "wall_clock_s")):
+        for k in drawn:
+            points = [r for r in (rows if x == "iteration" else timed) if k in r]
+            scale = 100.0 if "accuracy" in k else 1.0
+            xs = [r[x] / (3600 if hours else 60) if x == "wall_clock_s" else r[x] for r in points]
+            n = int(k.rsplit("_after_", 1)[-1].split("_")[0]) if "_after_" in k else None
+            ax.plot(xs, [scale * r[k] for r in points], marker=".",
+                    label=k if n is None else f"after {n} step{'' if n == 1 else 's'}")
+        if paper is not None:
+            ax.axhline(paper, color="gray", linestyle="--", label="paper")
+        ax.set_xlabel("iteration" if x == "iteration" else f"wall-clock ({'h' if hours else 'min'})")
+        ax.set_ylabel("validation accuracy (%)" if any("accuracy" in k for k in metrics) else "validation loss")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(title or Path(run_dir).name)
+    plots.save(fig, out / "validation.png")
+    return out / "validation.csv", out / "validation.png"
+
+
+def write_any_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None,
+                     paper: float | None = None) -> tuple[Path, Path]:
+    """A meta-RL run's returns (:func:`write_curves`), else a supervised run's validation curve."""
+    _, tags = _scalars(run_dir)
+    if COLUMNS["return_post"] not in tags and (Path(run_dir) / "validation.jsonl").is_file():
+        return write_validation_curves(run_dir, out, title, history, paper)
+    if paper is not None:
+        raise CheckpointError("--paper draws a supervised run's reference accuracy; this is a meta-RL run")
+    return write_curves(run_dir, out, title, history)
 
 
 def write_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None

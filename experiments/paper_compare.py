@@ -132,7 +132,8 @@ def figure(cmp: dict, path: Path) -> None:
 def write_comparison(results_path: Path, out: Path, paper_path: Path = PAPER_FILE) -> tuple[Path, Path]:
     results_path = Path(results_path)
     if not results_path.is_file():
-        raise ConfigError(f"{results_path} is not a file: give an evaluation's results.json (RUN_DIR/eval/results.json)")
+        raise ConfigError(f"{results_path} is not a file: give an evaluation's results.json "
+                          "(RUN_DIR/eval/results.json)")
     with open(results_path) as f:
         results = json.load(f)
     paper = load_paper(paper_path)

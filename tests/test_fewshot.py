@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import zipfile
@@ -347,6 +348,23 @@ def test_miniimagenet_train_eval_resume_through_cli(tmp_path, capsys):
     assert all(0 <= a <= 100 for a in acc)
     assert (run / "eval" / "accuracy.png").stat().st_size > 10_000
     assert "| MAML |" in capsys.readouterr().out
+    # the validation curve as CSV and plot, against iterations and the wall-clock time of both pieces
+    assert main(["curves", str(run), "--out", str(tmp_path / "curves"), "--paper", "50"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "curves" / "validation.csv")))
+    assert [int(r["iteration"]) for r in rows] == [2, 4]
+    assert [float(r["val/accuracy_after_1_steps"]) for r in rows] == [c["val/accuracy_after_1_steps"] for c in curve]
+    assert 0 < float(rows[0]["wall_clock_s"]) < float(rows[1]["wall_clock_s"])
+    assert (tmp_path / "curves" / "validation.png").stat().st_size > 10_000
+    # an exported run resumed elsewhere has only its own validation rows: earlier ones come from --history
+    earlier = tmp_path / "earlier.csv"
+    earlier.write_text("iteration,val/accuracy_after_1_steps\n1,0.25\n2,0.99\n")
+    assert main(["curves", str(run), "--out", str(tmp_path / "c2"), "--history", str(earlier)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "c2" / "validation.csv")))
+    assert [int(r["iteration"]) for r in rows] == [1, 2, 4] and float(rows[1]["val/accuracy_after_1_steps"]) != 0.99
+    (run / "validation.jsonl").write_text('{"iteration": 2, "val/acc')  # only a torn line
+    capsys.readouterr()
+    assert main(["curves", str(run), "--out", str(tmp_path / "c3")]) == 2
+    assert "holds no validation rows" in capsys.readouterr().err
 
 
 def test_fewshot_config_errors(tmp_path, capsys):

@@ -214,6 +214,9 @@ def test_curves_from_the_tensorboard_events(tmp_path, capsys):
     assert [int(r["iteration"]) for r in rows] == [-1, 0, 1, 2, 3]  # the run's own row 2 wins
     assert float(rows[0]["return_post"]) == 5.0 and float(rows[3]["return_post"]) != 99.0
     assert main(["curves", str(run), "--out", str(tmp_path / "f"), "--history", str(tmp_path / "none.csv")]) == 2
+    capsys.readouterr()
+    assert main(["curves", str(run), "--out", str(tmp_path / "g"), "--paper", "98.7"]) == 2
+    assert "this is a meta-RL run" in capsys.readouterr().err
 
 
 def test_export_resume_and_evaluate_from_the_exported_folder(tmp_path, capsys):
