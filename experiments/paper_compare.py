@@ -11,6 +11,8 @@ two can be compared task by task instead of only by their means::
 writes ``paper_per_task.md`` (the returns grouped by goal: by direction for the ``Dir`` families,
 by thirds of the goal velocity range for the ``Vel`` ones, and the correlation over tasks) and
 ``paper_per_task.png`` (the return of every task after each step, ours beside the paper's).
+``rl-maml eval`` writes the same two files into ``RUN_DIR/eval/`` whenever it evaluates a ``maml``
+convention family on the reference tasks.
 """
 
 from __future__ import annotations
@@ -55,6 +57,9 @@ def compare(results: dict, paper: dict) -> dict:
         raise ConfigError("rl-maml compare takes a meta-RL evaluation's results.json (RUN_DIR/eval/results.json)")
     if family not in paper["families"]:
         raise ConfigError(f"the paper's per-task returns cover {sorted(paper['families'])}, not {family!r}")
+    if results.get("convention", "maml") != "maml":
+        raise ConfigError(f"{family}: these results are of the {results['convention']!r} convention, whose returns "
+                          "are not comparable with the paper's; the paper's task is the 'maml' convention")
     if results.get("test_tasks") != "reference":
         raise ConfigError(f"{family}: these results were evaluated on sampled test tasks; the paper's per-task "
                           "returns are for its 40 reference goals: evaluate with eval.test_tasks=reference")
@@ -127,6 +132,13 @@ def figure(cmp: dict, path: Path) -> None:
     np.atleast_1d(axes)[0].legend()
     fig.suptitle(f"{cmp['family']}: MAML per test task, ours and the paper's")
     plots.save(fig, path)
+
+
+def comparable(results: dict, paper: dict | None = None) -> bool:
+    """Whether ``results`` can be set beside the paper's per-task returns (see :func:`compare`)."""
+    paper = load_paper() if paper is None else paper
+    return (results.get("benchmark") == "metarl" and results.get("env") in paper["families"]
+            and results.get("convention", "maml") == "maml" and results.get("test_tasks") == "reference")
 
 
 def write_comparison(results_path: Path, out: Path, paper_path: Path = PAPER_FILE) -> tuple[Path, Path]:

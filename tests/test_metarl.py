@@ -191,6 +191,19 @@ def test_reference_test_tasks_need_forty(tmp_path, capsys):
     assert "eval.num_tasks must be 40" in capsys.readouterr().err
 
 
+def test_evaluation_on_the_reference_tasks_sets_the_papers_returns_beside(tmp_path, capsys):
+    run = tmp_path / "hcd"
+    assert main(["train", "half_cheetah_dir_maml", "--run-dir", str(run), "--no-progress", "train.num_iterations=1",
+                 *TINY]) == 0
+    assert main(["eval", str(run), "eval.test_tasks=reference", "eval.num_tasks=40", "eval.baselines=[]"]) == 0
+    text = (run / "eval" / "paper_per_task.md").read_text()
+    assert "HalfCheetahDir" in text and "| forward (+1) | 18 |" in text
+    assert (run / "eval" / "paper_per_task.png").is_file()
+    # sampled test tasks have no paper counterpart: the earlier comparison goes with the earlier results
+    assert main(["eval", "--overwrite", str(run), "eval.baselines=[]"]) == 0
+    assert not (run / "eval" / "paper_per_task.md").exists() and not (run / "eval" / "paper_per_task.png").exists()
+
+
 def test_curves_from_the_tensorboard_events(tmp_path, capsys):
     import csv
 

@@ -60,6 +60,7 @@ def test_velocity_families_group_by_thirds_of_the_goal_range():
     ({"test_tasks": "sampled"}, "eval.test_tasks=reference"),
     ({"env": "AntGoal"}, "not 'AntGoal'"),
     ({"benchmark": "fewshot"}, "meta-RL evaluation"),
+    ({"convention": "gym"}, "not comparable"),
 ])
 def test_results_the_paper_cannot_be_compared_with_are_refused(change, message):
     results = results_like("AntDir", np.zeros((4, 40)).tolist())
