@@ -8,6 +8,7 @@ randomly initialised policy adapted the same way.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -255,6 +256,12 @@ class RLEvalConfig:
     baselines: list[Literal["random", "pretrained", "oracle"]] = field(
         default_factory=lambda: ["random", "pretrained", "oracle"])
     """Reference policies: random and pretrained are adapted like MAML; the oracle sees the task."""
+    baseline_inner_lr: dict[str, float] = field(default_factory=dict)
+    """The first step size with which the ``random`` and ``pretrained`` baselines adapt (later steps
+    scaled by ``step_scales`` like MAML's); a baseline not named adapts with ``inner.inner_lr``. The
+    MAML paper's test scripts gave each its own: the random init 1.0 (AntVel, AntDir), 0.1
+    (HalfCheetahVel) or 0.5 (HalfCheetahDir), the pretrained policy 0.2 (HalfCheetahVel 0.02); the
+    ``*_maml`` presets set those."""
     baseline_timesteps: int = 200_000
     """PPO (stable-baselines3) training steps of the pretrained and oracle policies."""
     extra_draws: int = 0
@@ -275,6 +282,12 @@ class RLEvalConfig:
         if self.test_tasks == "reference" and self.num_tasks != 40:
             raise ConfigError(f"eval.test_tasks=reference is the reference scripts' 40 tasks; eval.num_tasks must "
                               f"be 40, got {self.num_tasks}")
+        for name, lr in self.baseline_inner_lr.items():
+            if name not in ("random", "pretrained"):
+                raise ConfigError(f"eval.baseline_inner_lr: {name!r} is not an adapted baseline; the keys are "
+                                  "'random' and 'pretrained'")
+            if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr >= 0):
+                raise ConfigError(f"eval.baseline_inner_lr.{name} must be a finite number >= 0, got {lr!r}")
         if self.step_scales is not None and (
                 not self.step_scales or not all(math.isfinite(x) and x >= 0 for x in self.step_scales)):
             raise ConfigError(f"eval.step_scales must be null or a non-empty list of finite numbers >= 0, "
@@ -396,16 +409,23 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
 
     # MAML adapts with its training's inner loop (Alpha MAML's with its learned alphas), the other
     # policies with the same schedule at the configured inner_lr; eval.step_scales rescales it per step.
-    configured = make_inner_loop(cfg.inner, dict(agent.policy.named_parameters()))[0]
-    inners = {"maml": evaluation_inner(agent.meta.inner, e.step_scales),
-              "other": evaluation_inner(configured, e.step_scales)}
+    # eval.baseline_inner_lr gives a baseline its own first step size, as the paper's test scripts did.
+    named = dict(agent.policy.named_parameters())
+    inners = {"maml": evaluation_inner(agent.meta.inner, e.step_scales)}
+    baseline_lr = {}
+    for name in ("random", "pretrained"):
+        lr = e.baseline_inner_lr.get(name, cfg.inner.inner_lr)
+        configured = make_inner_loop(dataclasses.replace(cfg.inner, inner_lr=float(lr)), named)[0]
+        inners[name] = evaluation_inner(configured, e.step_scales)
+        if name in policies:
+            baseline_lr[name] = float(lr)
 
     # as in training: the rollouts with train.num_threads, fits and inner updates with meta_step_threads
     batch_threads = cfg.train.meta_step_threads or os.cpu_count() or 1
 
     def adapt(name: str, policy: GaussianMLPPolicy, tasks: dict[str, torch.Tensor], seed: int):
         return adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps,
-                                  inners["maml" if name == "maml" else "other"], LinearFeatureBaseline(),
+                                  inners[name], LinearFeatureBaseline(),
                                   cfg.train.gamma, cfg.train.gae_lambda, seed, steps_per_task=e.batch_steps,
                                   batch_threads=batch_threads)
 
@@ -441,7 +461,8 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         "metric": "mean undiscounted return per task (mean over test tasks, 95% CI)",
         "num_test_tasks": e.num_tasks, "episodes_per_task": e.fast_batch_size, "batch_steps": e.batch_steps,
         "mean_episodes_per_task": episode_counts, "inner_lr": cfg.inner.inner_lr,
-        "step_sizes": step_sizes_text(eval_scales), "step_scales": eval_scales, "test_seed": e.seed,
+        "step_sizes": step_sizes_text(eval_scales), "step_scales": eval_scales, "baseline_inner_lr": baseline_lr,
+        "test_seed": e.seed,
         "test_tasks": e.test_tasks, "checkpoint_iteration": iteration, "device": str(device),
         "steps": steps, "methods": methods,
     }
@@ -463,8 +484,10 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         counts = " / ".join(f"{c:g}" for c in episode_counts["maml"])
         sampling = (f"episodes per task and step until they hold {e.batch_steps} env steps (MAML: {counts} "
                     f"episodes on average after 0 / 1 / ... steps)")
+    alphas = "".join(f"; {labels[n].split(' (')[0]}: {lr:g}" for n, lr in baseline_lr.items()
+                     if lr != cfg.inner.inner_lr)
     write_results(out, results, f"# {title}\n\nSampling: {sampling}; step size {step_sizes_text(eval_scales)} "
-                                f"(alpha = {cfg.inner.inner_lr:g}).\n\n" + table)
+                                f"(alpha = {cfg.inner.inner_lr:g}{alphas}).\n\n" + table)
     fig, ax = plots.plt.subplots(figsize=(5, 4))
     plots.plot_adaptation_curves(ax, methods, steps, "average return", constant=("oracle",), labels=labels)
     navigation = cfg.env.id is None and cfg.env.name == "Navigation2D"

@@ -109,6 +109,31 @@ def test_evaluation_by_step_budget(tmp_path, capsys):
     assert "eval.batch_steps must be >= 1" in capsys.readouterr().err
 
 
+def test_baselines_adapt_with_their_own_step_size(tmp_path, capsys):
+    """eval.baseline_inner_lr: the random init adapts with its own alpha, as the paper's test scripts did."""
+    run = train_tiny_navigation(tmp_path / "nav")
+
+    def evaluate(*overrides):
+        assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]", "eval.num_steps=2", *overrides]) == 0
+        return json.loads((run / "eval" / "results.json").read_text())
+
+    default = evaluate()
+    same = evaluate("eval.baseline_inner_lr={random: 0.5}")  # the navigation preset's inner_lr
+    own = evaluate("eval.baseline_inner_lr={random: 5.0}")
+    assert same["methods"] == default["methods"]
+    assert own["methods"]["maml"] == default["methods"]["maml"]
+    # step 0 is before any update: the same episodes; the updates differ after it
+    assert own["methods"]["random"]["per_task"][0] == default["methods"]["random"]["per_task"][0]
+    assert own["methods"]["random"]["per_task"][1] != default["methods"]["random"]["per_task"][1]
+    assert own["baseline_inner_lr"] == {"random": 5.0} and default["baseline_inner_lr"] == {"random": 0.5}
+    assert "random init: 5" in (run / "eval" / "results.md").read_text()
+    capsys.readouterr()
+    assert main(["eval", "--overwrite", str(run), "eval.baseline_inner_lr={oracle: 1.0}"]) == 2
+    assert "'oracle' is not an adapted baseline" in capsys.readouterr().err
+    assert main(["eval", "--overwrite", str(run), "eval.baseline_inner_lr={random: -1.0}"]) == 2
+    assert "eval.baseline_inner_lr.random must be a finite number >= 0" in capsys.readouterr().err
+
+
 def test_a_checkpoint_that_does_not_fit_the_run_config_is_a_clear_error(tmp_path, capsys):
     run = train_tiny_navigation(tmp_path / "nav")
     config = run / "config.yaml"
