@@ -252,7 +252,8 @@ class RLEvalConfig:
     """sampled: ``num_tasks`` tasks drawn from the family's distribution with ``seed``. reference:
     the 40 test tasks of the MAML paper's test scripts (cbfinn/maml_rl ``maml_examples/test_maml_*.py``:
     NumPy's legacy generator seeded 1, AntDir 2), for the families those scripts cover
-    (HalfCheetahVel, HalfCheetahDir, AntVel, AntDir). ``extra_draws`` still draws sampled sets."""
+    (HalfCheetahVel, HalfCheetahDir, AntVel, AntDir). ``extra_draws`` then keeps these 40 tasks and
+    draws new episodes."""
     baselines: list[Literal["random", "pretrained", "oracle"]] = field(
         default_factory=lambda: ["random", "pretrained", "oracle"])
     """Reference policies: random and pretrained are adapted like MAML; the oracle sees the task."""
@@ -266,9 +267,10 @@ class RLEvalConfig:
     """PPO (stable-baselines3) training steps of the pretrained and oracle policies."""
     extra_draws: int = 0
     """Further independent draws of ``num_tasks`` test tasks (seeds ``seed + 1``, ``seed + 2``, ...)
-    on which MAML alone is evaluated again. The table stays the fixed test set's; an added row and
-    ``results.json["maml_draws"]`` give the mean over all draws, which tells how much of a
-    difference to a paper's number is the test set's luck."""
+    on which MAML alone is evaluated again; with ``test_tasks: reference`` the same 40 tasks with
+    new episodes (reset states and action noise) from those seeds. The table stays the fixed test
+    set's; an added row and ``results.json["maml_draws"]`` give the mean over all draws, which tells
+    how much of a difference to a paper's number is the test set's (or the episodes') luck."""
 
     def __post_init__(self) -> None:
         if min(self.num_tasks, self.fast_batch_size, self.baseline_timesteps) < 1 or self.num_steps < 0:
@@ -452,9 +454,11 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     if e.extra_draws:
         seeds = [e.seed + d for d in range(e.extra_draws + 1)]
         per_draw = [methods["maml"]["mean"]] + [
-            adapt("maml", agent.policy, test_tasks(seed), seed)[0].double().mean(1).tolist() for seed in seeds[1:]]
+            adapt("maml", agent.policy, tasks if e.test_tasks == "reference" else test_tasks(seed), seed)[0]
+            .double().mean(1).tolist() for seed in seeds[1:]]
         per_draw_t = torch.tensor(per_draw, dtype=torch.float64)
-        draws = {"seeds": seeds, "mean_per_draw": per_draw, "mean": per_draw_t.mean(0).tolist(),
+        draws = {"seeds": seeds, "tasks": "reference (new episodes)" if e.test_tasks == "reference" else "sampled",
+                 "mean_per_draw": per_draw, "mean": per_draw_t.mean(0).tolist(),
                  "sd_over_draws": per_draw_t.std(0).tolist()}
     results = {
         "benchmark": "metarl", "env": cfg.env.label, "convention": None if cfg.env.id else cfg.env.convention,
@@ -475,7 +479,9 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
               "oracle": "oracle (PPO, task observed)"}
     table = markdown_table(methods, steps, digits=1, labels=labels)
     if draws is not None:
-        row = f"MAML, mean over {len(draws['seeds'])} draws of {e.num_tasks} test tasks (± standard deviation over draws)"
+        what = "episode draws on the 40 reference tasks" if e.test_tasks == "reference" else \
+            f"draws of {e.num_tasks} test tasks"
+        row = f"MAML, mean over {len(draws['seeds'])} {what} (± standard deviation over draws)"
         table += markdown_table({row: {"mean": draws["mean"], "ci95": draws["sd_over_draws"]}}, steps,
                                 digits=1).split("\n", 2)[2]
     if e.batch_steps is None:

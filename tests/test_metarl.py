@@ -220,10 +220,15 @@ def test_evaluation_on_the_reference_tasks_sets_the_papers_returns_beside(tmp_pa
     run = tmp_path / "hcd"
     assert main(["train", "half_cheetah_dir_maml", "--run-dir", str(run), "--no-progress", "train.num_iterations=1",
                  *TINY]) == 0
-    assert main(["eval", str(run), "eval.test_tasks=reference", "eval.num_tasks=40", "eval.baselines=[]"]) == 0
+    assert main(["eval", str(run), "eval.test_tasks=reference", "eval.num_tasks=40", "eval.baselines=[]",
+                 "eval.extra_draws=1"]) == 0
     text = (run / "eval" / "paper_per_task.md").read_text()
     assert "HalfCheetahDir" in text and "| forward (+1) | 18 |" in text
     assert (run / "eval" / "paper_per_task.png").is_file()
+    # extra draws keep the 40 reference tasks and draw new episodes
+    assert "mean over 2 episode draws on the 40 reference tasks" in capsys.readouterr().out
+    draws = json.loads((run / "eval" / "results.json").read_text())["maml_draws"]
+    assert draws["tasks"] == "reference (new episodes)" and draws["mean_per_draw"][1] != draws["mean_per_draw"][0]
     # sampled test tasks have no paper counterpart: the earlier comparison goes with the earlier results
     assert main(["eval", "--overwrite", str(run), "eval.baselines=[]"]) == 0
     assert not (run / "eval" / "paper_per_task.md").exists() and not (run / "eval" / "paper_per_task.png").exists()
