@@ -513,7 +513,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
 
 # (legacy NumPy seed, range of np.random.uniform, threshold of the direction or None) of the MAML
 # paper's test scripts; a direction task is -1 below the threshold, +1 above.
-_REFERENCE_TEST_TASKS = {
+REFERENCE_TEST_TASKS = {
     "HalfCheetahVel": (1, 2.0, None),
     "HalfCheetahDir": (1, 2.0, 1.0),
     "AntVel": (1, 3.0, None),
@@ -523,10 +523,10 @@ _REFERENCE_TEST_TASKS = {
 
 def reference_test_tasks(family: str) -> dict[str, torch.Tensor]:
     """The 40 test tasks of the MAML paper's test script for ``family`` (``eval.test_tasks=reference``)."""
-    if family not in _REFERENCE_TEST_TASKS:
+    if family not in REFERENCE_TEST_TASKS:
         raise ConfigError(f"eval.test_tasks=reference: the MAML paper's test scripts cover "
-                          f"{sorted(_REFERENCE_TEST_TASKS)}, not {family}; use eval.test_tasks=sampled")
-    seed, high, threshold = _REFERENCE_TEST_TASKS[family]
+                          f"{sorted(REFERENCE_TEST_TASKS)}, not {family}; use eval.test_tasks=sampled")
+    seed, high, threshold = REFERENCE_TEST_TASKS[family]
     goals = np.random.RandomState(seed).uniform(0.0, high, size=(40,))
     if threshold is None:
         return {"velocity": torch.as_tensor(goals)}

@@ -38,14 +38,14 @@ def load_paper(path: Path = PAPER_FILE) -> dict:
 
 def goal_groups(family: str) -> tuple[np.ndarray, list[tuple[str, np.ndarray]]]:
     """The 40 reference goals of ``family`` (velocity or direction) and the named task groups."""
-    from .metarl import _REFERENCE_TEST_TASKS, reference_test_tasks
+    from .metarl import REFERENCE_TEST_TASKS, reference_test_tasks
 
     tasks = reference_test_tasks(family)
     if "direction" in tasks:
         goal = tasks["direction"].numpy()
         return goal, [("backward (-1)", goal < 0), ("forward (+1)", goal > 0)]
     goal = tasks["velocity"].numpy()
-    edges = np.linspace(0.0, _REFERENCE_TEST_TASKS[family][1], 4)  # thirds of the sampled range
+    edges = np.linspace(0.0, REFERENCE_TEST_TASKS[family][1], 4)  # thirds of the sampled range
     return goal, [(f"velocity {lo:.1f}-{hi:.1f}", (goal >= lo) & (goal < hi) if i < 2 else (goal >= lo))
                   for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))]
 
