@@ -300,7 +300,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("presets", help="list the shipped config presets")
     s.set_defaults(func=cmd_presets)
     c = sub.add_parser("curves", help="a run's learning curves (CSV and plot): a meta-RL run's returns from its "
-                                      "TensorBoard events, a supervised run's validation curve")
+                                      "TensorBoard events, a few-shot run's validation curve")
     c.add_argument("run_dir")
     c.add_argument("--out", required=True,
                    help="folder for curves.csv and curves.png (meta-RL) or validation.csv and validation.png")
@@ -308,9 +308,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--history", default=None,
                    help="an earlier curves.csv of the same run: its rows before the run's first logged iteration "
                         "come first (a run resumed from an exported checkpoint has only its own events); "
-                        "for a supervised run, an earlier validation.csv")
+                        "for a few-shot run, an earlier validation.csv")
     c.add_argument("--paper", type=float, default=None,
-                   help="a supervised run: the paper's test accuracy (%%), drawn as a dashed line for reference")
+                   help="a few-shot run: the paper's test accuracy (%%), drawn as a dashed line for reference")
     c.set_defaults(func=cmd_curves)
     m = sub.add_parser("compare", help="a locomotion evaluation beside the MAML paper's own returns, task by task")
     m.add_argument("results",

@@ -5,8 +5,9 @@ meta-RL run, ``curves.csv`` (one row per logged iteration from the TensorBoard e
 before and after adaptation, episodes per task, env steps, wall-clock time) and ``curves.png``
 (the returns against iterations and against cumulative env steps).
 
-For a supervised run (sinusoid, few-shot classification) it writes ``validation.csv`` (one row
-per validation: the accuracy or loss after each scored step, and the wall-clock time at that
+For a run that validates as it trains (few-shot classification, every ``eval.val_every``
+iterations, into ``validation.jsonl``) it writes ``validation.csv`` (one row per validation:
+the accuracy or loss after each scored step, and the recorded wall-clock time at that
 iteration from the TensorBoard events) and ``validation.png`` (the curve after adaptation against
 iterations and against wall-clock time).
 """
@@ -102,7 +103,7 @@ def read_validation(run_dir: Path) -> list[dict[str, float]]:
 
 def write_validation_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None,
                             paper: float | None = None) -> tuple[Path, Path]:
-    """``validation.csv`` and ``validation.png`` of a supervised run (see the module's docstring)."""
+    """``validation.csv`` and ``validation.png`` of a run that validates as it trains (see the module's docstring)."""
     rows = read_validation(run_dir)
     if history is not None:
         rows = read_history(history, rows[0]["iteration"]) + rows
@@ -141,12 +142,12 @@ def write_validation_curves(run_dir: Path, out: Path, title: str | None = None, 
 
 def write_any_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None,
                      paper: float | None = None) -> tuple[Path, Path]:
-    """A meta-RL run's returns (:func:`write_curves`), else a supervised run's validation curve."""
+    """A meta-RL run's returns (:func:`write_curves`), else a validating run's validation curve."""
     _, tags = _scalars(run_dir)
     if COLUMNS["return_post"] not in tags and (Path(run_dir) / "validation.jsonl").is_file():
         return write_validation_curves(run_dir, out, title, history, paper)
     if paper is not None:
-        raise CheckpointError("--paper draws a supervised run's reference accuracy; this is a meta-RL run")
+        raise CheckpointError("--paper draws a few-shot run's reference accuracy; this is a meta-RL run")
     return write_curves(run_dir, out, title, history)
 
 
