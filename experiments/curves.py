@@ -33,9 +33,9 @@ COLUMNS = {
 }
 
 
-def read_curves(run_dir: Path) -> list[dict[str, float]]:
+def read_curves(run_dir: Path, scalars: tuple[object, set[str]] | None = None) -> list[dict[str, float]]:
     """One dict per logged iteration, with the :data:`COLUMNS` the run logged."""
-    events, tags = _scalars(run_dir)
+    events, tags = scalars or _scalars(run_dir)
     if COLUMNS["return_post"] not in tags:
         raise CheckpointError(f"{Path(run_dir) / 'tb'} holds no meta-RL returns ({COLUMNS['return_post']}) and the "
                               "run has no validation.jsonl: is it a training run's folder?")
@@ -73,25 +73,19 @@ def _scalars(run_dir: Path) -> tuple[object, set[str]]:
     return events, set(events.Tags()["scalars"])
 
 
-def read_validation(run_dir: Path) -> list[dict[str, float]]:
+def read_validation(run_dir: Path, scalars: tuple[object, set[str]] | None = None) -> list[dict[str, float]]:
     """The rows of ``run_dir/validation.jsonl``, each with ``wall_clock_s``: the run's recorded
     wall-clock time at that iteration, interpolated between the iterations TensorBoard logged."""
-    import json
-
     import numpy as np
 
+    from .fewshot import read_curve
+
     path = Path(run_dir) / "validation.jsonl"
-    rows = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            row = json.loads(line)
-            rows.append({"iteration": int(row["iteration"]),
-                         **{k: float(v) for k, v in row.items() if k.startswith("val/")}})
-        except (ValueError, KeyError, TypeError):
-            continue  # a torn last line
+    rows = [{"iteration": int(r["iteration"]), **{k: float(v) for k, v in r.items() if k.startswith("val/")}}
+            for r in read_curve(path) if isinstance(r, dict) and "iteration" in r]  # read_curve drops torn lines
     if not rows:
         raise CheckpointError(f"{path} holds no validation rows: was the run validated (eval.val_every)?")
-    events, tags = _scalars(run_dir)
+    events, tags = scalars or _scalars(run_dir)
     if COLUMNS["total_wall_clock_s"] in tags:
         logged = events.Scalars(COLUMNS["total_wall_clock_s"])
         steps, times = [e.step for e in logged], [e.value for e in logged]
@@ -102,9 +96,10 @@ def read_validation(run_dir: Path) -> list[dict[str, float]]:
 
 
 def write_validation_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None,
-                            paper: float | None = None) -> tuple[Path, Path]:
+                            paper: float | None = None, scalars: tuple[object, set[str]] | None = None
+                            ) -> tuple[Path, Path]:
     """``validation.csv`` and ``validation.png`` of a run that validates as it trains (see the module's docstring)."""
-    rows = read_validation(run_dir)
+    rows = read_validation(run_dir, scalars)
     if history is not None:
         rows = read_history(history, rows[0]["iteration"]) + rows
     out.mkdir(parents=True, exist_ok=True)
@@ -143,17 +138,17 @@ def write_validation_curves(run_dir: Path, out: Path, title: str | None = None, 
 def write_any_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None,
                      paper: float | None = None) -> tuple[Path, Path]:
     """A meta-RL run's returns (:func:`write_curves`), else a validating run's validation curve."""
-    _, tags = _scalars(run_dir)
-    if COLUMNS["return_post"] not in tags and (Path(run_dir) / "validation.jsonl").is_file():
-        return write_validation_curves(run_dir, out, title, history, paper)
+    scalars = _scalars(run_dir)  # the TensorBoard events are read once
+    if COLUMNS["return_post"] not in scalars[1] and (Path(run_dir) / "validation.jsonl").is_file():
+        return write_validation_curves(run_dir, out, title, history, paper, scalars)
     if paper is not None:
         raise CheckpointError("--paper draws a few-shot run's reference accuracy; this is a meta-RL run")
-    return write_curves(run_dir, out, title, history)
+    return write_curves(run_dir, out, title, history, scalars)
 
 
-def write_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None
-                 ) -> tuple[Path, Path]:
-    rows = read_curves(run_dir)
+def write_curves(run_dir: Path, out: Path, title: str | None = None, history: Path | None = None,
+                 scalars: tuple[object, set[str]] | None = None) -> tuple[Path, Path]:
+    rows = read_curves(run_dir, scalars)
     if history is not None:
         rows = read_history(history, rows[0]["iteration"] if rows else 1 << 62) + rows
     out.mkdir(parents=True, exist_ok=True)

@@ -501,10 +501,11 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     plots.save(fig, out / "adaptation.png")
     if navigation:
         plot_navigation(episodes["maml"], tasks, out / "trajectories.png")
-    from .paper_compare import comparable, write_comparison
+    from .paper_compare import comparable, load_paper, write_results_comparison
 
-    if comparable(results):  # the paper's own per-task returns exist for these 40 tasks
-        write_comparison(out / "results.json", out)
+    paper = load_paper()
+    if comparable(results, paper):  # the paper's own per-task returns exist for these 40 tasks
+        write_results_comparison(results, "results.json", out, paper)
     else:  # an earlier evaluation's comparison no longer describes these results
         for name in ("paper_per_task.md", "paper_per_task.png"):
             (out / name).unlink(missing_ok=True)

@@ -141,6 +141,20 @@ def comparable(results: dict, paper: dict | None = None) -> bool:
             and results.get("convention", "maml") == "maml" and results.get("test_tasks") == "reference")
 
 
+def write_results_comparison(results: dict, name: str, out: Path, paper: dict | None = None) -> tuple[Path, Path]:
+    """``paper_per_task.md`` and ``.png`` in ``out`` for an evaluation's ``results`` (read from ``name``)."""
+    paper = load_paper() if paper is None else paper
+    cmp = compare(results, paper)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "paper_per_task.md"
+    md.write_text(markdown(cmp, paper["source"]) + f"\nOurs: {name}, checkpoint iteration "
+                  f"{results.get('checkpoint_iteration')}.\n")
+    png = out / "paper_per_task.png"
+    figure(cmp, png)
+    return md, png
+
+
 def write_comparison(results_path: Path, out: Path, paper_path: Path = PAPER_FILE) -> tuple[Path, Path]:
     results_path = Path(results_path)
     if not results_path.is_file():
@@ -148,13 +162,4 @@ def write_comparison(results_path: Path, out: Path, paper_path: Path = PAPER_FIL
                           "(RUN_DIR/eval/results.json)")
     with open(results_path) as f:
         results = json.load(f)
-    paper = load_paper(paper_path)
-    cmp = compare(results, paper)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    md = out / "paper_per_task.md"
-    md.write_text(markdown(cmp, paper["source"]) + f"\nOurs: {results_path.name}, checkpoint iteration "
-                  f"{results.get('checkpoint_iteration')}.\n")
-    png = out / "paper_per_task.png"
-    figure(cmp, png)
-    return md, png
+    return write_results_comparison(results, results_path.name, out, load_paper(paper_path))
