@@ -289,8 +289,9 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, checkpoint: Path, progress: bool
     }
     out = run_dir / "eval"
     labels = {"maml": "MAML", "fomaml": "first-order MAML", "alpha_maml": "Alpha MAML", "lambda_maml": "Lambda MAML"}
-    title = (f"{cfg.data.dataset} {t.ways}-way {t.shots}-shot: accuracy (%) on {e.num_tasks} test tasks after k "
-             f"steps (checkpoint at iteration {iteration})")
+    query = f"{e.num_query} query image{'s' if e.num_query != 1 else ''} per class"
+    title = (f"{cfg.data.dataset} {t.ways}-way {t.shots}-shot: accuracy (%) on {e.num_tasks} test tasks ({query}) "
+             f"after k steps (checkpoint at iteration {iteration})")
     write_results(out, results, f"# {title}\n\n" + markdown_table(methods, steps, digits=2, labels=labels))
     plot_fewshot(results, run_dir / "validation.jsonl", out / "accuracy.png", labels)
     return results
