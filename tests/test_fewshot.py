@@ -343,7 +343,9 @@ def test_miniimagenet_train_eval_resume_through_cli(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run)]) == 0
     results = json.loads((run / "eval" / "results.json").read_text())
-    assert results["steps"] == [0, 1, 2] and results["num_test_tasks"] == 6
+    assert results["steps"] == [0, 1, 2] and results["num_test_tasks"] == 6 and results["query_per_class"] == 3
+    # the table says how many query images it scored: the count moves batch norm's statistics
+    assert "on 6 test tasks (3 query images per class)" in (run / "eval" / "results.md").read_text()
     acc = results["methods"]["maml"]["mean"]
     assert all(0 <= a <= 100 for a in acc)
     assert (run / "eval" / "accuracy.png").stat().st_size > 10_000
