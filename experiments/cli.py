@@ -157,11 +157,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("train needs a CONFIG (a YAML file or a preset name) unless --resume is given")
         raw = apply_overrides(load_yaml(resolve_config_path(args.config)), args.overrides)
     module, cfg = build_config(raw)
-    from rl_maml.distributed import world
+    from rl_maml.distributed import finish, world
 
     rank, world_size = world()
     if rank != 0:  # under torchrun: rank 0 checks, locks and writes the run folder; the others only train
         module.train(cfg, run_dir, resume=args.resume, progress=False)
+        finish()
         return 0
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +172,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             start_run(cfg, run_dir, args.resume)
             print(f"run folder: {run_dir} (config.yaml, checkpoints/, tb/)", file=sys.stderr)
             module.train(cfg, run_dir, resume=args.resume, progress=not args.no_progress)
+            finish()  # every rank finished training: end the process group together (no-op alone)
         except BaseException:
             if not args.resume and not list_checkpoints(run_dir / "checkpoints"):
                 _clean_failed_start(run_dir, before, created)

@@ -128,10 +128,21 @@ def context(total_tasks: int, device: torch.device | str = "cpu") -> TaskShard |
     return shard_of(total_tasks, rank, world_size)
 
 
+def finish() -> None:
+    """End a run that every rank completed: wait for all ranks (rank 0 may still be writing the
+    last checkpoint), then destroy the process group while the interpreter is fully alive. Left
+    to exit time, ranks tore their groups down at different moments and a gloo rank could abort
+    ("terminate called without an active exception") after the run had succeeded, which torchrun
+    then reports as a failed run. A no-op in one process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _shutdown() -> None:
-    """Tear the process group down in order at exit: left to the interpreter's teardown, a gloo
-    rank could abort ("terminate called without an active exception") while its peer still
-    talked to it."""
+    """The fallback for runs that did not reach :func:`finish` (an error on some rank): tear the
+    process group down before the interpreter's teardown, where gloo's worker threads could
+    abort the process."""
     if dist.is_initialized():
         try:
             dist.destroy_process_group()

@@ -84,3 +84,20 @@ def test_a_resumed_two_process_run_equals_an_uninterrupted_one(tmp_path):
                  "train.num_iterations=3"]) == 0
     torchrun(tmp_path / "whole", "navigation", "train.num_iterations=3", resume=True)
     assert max_relative_gap(tensors(tmp_path / "whole"), tensors(tmp_path / "pieces")) < 1e-4
+
+
+def test_finish_waits_for_the_ranks_and_ends_the_process_group(tmp_path):
+    """A completed run ends its group itself (not at interpreter exit, where a gloo rank could abort
+    after the run had succeeded); without a group it does nothing."""
+    import torch.distributed as dist
+
+    from rl_maml.distributed import finish
+
+    finish()  # one process, no group: nothing to end
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        finish()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
