@@ -32,7 +32,7 @@ PRESETS = Path(__file__).resolve().parent / "configs"
 # thread count can change floating-point rounding, not the method; a resume that changes it is
 # no longer bit-identical to an uninterrupted run).
 RESUMABLE_CHANGES = {"train.num_iterations", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                     "train.num_threads"}
+                     "train.num_threads", "train.meta_step_threads"}
 
 
 def presets() -> dict[str, Path]:

@@ -285,3 +285,16 @@ def test_export_resume_and_evaluate_from_the_exported_folder(tmp_path, capsys):
     capsys.readouterr()
     assert main(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+
+
+def test_a_resumed_run_may_take_other_thread_counts(tmp_path, capsys):
+    """A run continued on another machine (or beside other work) may set its thread counts anew;
+    the task-relevant settings stay refused."""
+    run = train_tiny_navigation(tmp_path / "run")
+    assert main(["train", "--run-dir", str(run), "--resume", "--no-progress", "train.num_iterations=2",
+                 "train.meta_step_threads=1", "train.num_threads=1"]) == 0
+    assert (run / "checkpoints" / "iter_0000002.pt").exists()
+    capsys.readouterr()
+    assert main(["train", "--run-dir", str(run), "--resume", "--no-progress", "train.num_iterations=3",
+                 "trpo.max_kl=0.02"]) == 2
+    assert "'trpo.max_kl'" in capsys.readouterr().err
