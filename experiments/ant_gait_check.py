@@ -9,12 +9,12 @@ candidate is a periodic open-loop controller, ``a_j(t) = clip(amp_j sin(2 pi f t
 bias_j, -1, 1)`` for the eight hinges (25 numbers), scored by the AntDir `maml` return of one
 200-step episode (or the mean of ``--train-resets`` episodes) in one direction: the batched
 stepper's own rewards, terminations and reset noise, every candidate of a generation from the
-same reset seeds. The cross-entropy
-method keeps the best ``--elite`` of each generation. Forward and backward are searched
-separately, and each search's best gait is scored on ``--test-episodes`` fresh resets.
+same reset seeds. The cross-entropy method keeps the best ``--elite`` of each generation.
+Forward and backward are searched separately, and each search's best gait is scored on
+``--test-episodes`` fresh resets.
 
-A search this small finds a lower bound on the attainable return: a feedback policy can only do
-better.
+What a search this small finds bounds the attainable return from below; a policy that sees the
+state is not tied to one fixed rhythm and can correct the drift that ends open-loop episodes.
 """
 
 from __future__ import annotations
