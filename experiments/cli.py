@@ -194,15 +194,21 @@ def cmd_eval(args: argparse.Namespace) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint: train the run first")
-    if (run_dir / "eval" / "results.json").is_file() and not args.overwrite:
-        raise ConfigError(f"{run_dir / 'eval'} already holds results; pass --overwrite to replace them "
-                          "(or copy them away first)")
+    out = run_dir / "eval" if args.out is None else Path(args.out)
+    if (out / "results.json").is_file() and not args.overwrite:
+        raise ConfigError(f"{out} already holds results; pass --overwrite to replace them "
+                          "(or copy them away first, or write elsewhere with --out)")
     from rl_maml.runlock import RunLock
 
-    with RunLock(run_dir, "eval"):
-        module.evaluate(cfg, run_dir, checkpoint)
-    print((run_dir / "eval" / "results.md").read_text())
-    print(f"written: {run_dir / 'eval'} (results.json, results.md, figures)", file=sys.stderr)
+    if args.out is None:
+        with RunLock(run_dir, "eval"):
+            module.evaluate(cfg, run_dir, checkpoint)
+    else:  # the run folder is only read (it may be a committed checkpoint or read-only): lock the output
+        out.mkdir(parents=True, exist_ok=True)
+        with RunLock(out, "eval"):
+            module.evaluate(cfg, run_dir, checkpoint, out=out)
+    print((out / "results.md").read_text())
+    print(f"written: {out} (results.json, results.md, figures)", file=sys.stderr)
     return 0
 
 
@@ -289,11 +295,13 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its newest checkpoint")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.set_defaults(func=cmd_train)
-    e = sub.add_parser("eval", help="evaluate a trained run; writes RUN_DIR/eval/")
+    e = sub.add_parser("eval", help="evaluate a trained run; writes RUN_DIR/eval/ (or --out)")
     e.add_argument("run_dir")
     e.add_argument("overrides", nargs="*", help="eval.* overrides, e.g. eval.num_tasks=100")
     e.add_argument("--checkpoint", help="checkpoint file (default: the newest in RUN_DIR/checkpoints)")
     e.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation")
+    e.add_argument("--out", help="folder for the results (default: RUN_DIR/eval); with it the run folder is only "
+                   "read, so a committed checkpoint folder can be evaluated in place")
     e.set_defaults(func=cmd_eval)
     g = sub.add_parser("config", help="print a preset's resolved config, every key with its docstring")
     g.add_argument("config", help="YAML file or preset name")

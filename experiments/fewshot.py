@@ -257,8 +257,11 @@ def _load(cfg: FewShotConfig) -> Dataset:
         raise ConfigError(str(e)) from None
 
 
-def evaluate(cfg: FewShotConfig, run_dir: Path, checkpoint: Path, progress: bool = True) -> dict:
-    """Adapt to the seeded test tasks; write results.json/.md and plots under ``run_dir/eval``."""
+def evaluate(cfg: FewShotConfig, run_dir: Path, checkpoint: Path, progress: bool = True,
+             out: Path | None = None) -> dict:
+    """Adapt to the seeded test tasks; write results.json/.md and plots under ``out`` (default
+    ``run_dir/eval``)."""
+    out = run_dir / "eval" if out is None else Path(out)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
@@ -289,7 +292,6 @@ def evaluate(cfg: FewShotConfig, run_dir: Path, checkpoint: Path, progress: bool
         "steps": steps,
         "methods": methods,
     }
-    out = run_dir / "eval"
     labels = {"maml": "MAML", "fomaml": "first-order MAML", "alpha_maml": "Alpha MAML", "lambda_maml": "Lambda MAML"}
     query = f"{e.num_query} query image{'s' if e.num_query != 1 else ''} per class"
     title = (f"{cfg.data.dataset} {t.ways}-way {t.shots}-shot: accuracy (%) on {e.num_tasks} test tasks ({query}) "

@@ -379,7 +379,10 @@ def train(cfg: MetaRLConfig, run_dir: Path, resume: bool, progress: bool = True)
     return trainer.run(start)
 
 
-def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
+def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | None = None) -> dict:
+    """Adapt to the test tasks; write results.json/.md and figures under ``out`` (default
+    ``run_dir/eval``), and the PPO baselines' cache under ``out/baselines``."""
+    out = run_dir / "eval" if out is None else Path(out)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     device = _device(cfg.train.device)
@@ -395,10 +398,10 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         raise ConfigError(f"eval.test_tasks=reference covers the built-in families; env.id={cfg.env.id!r} needs "
                           "eval.test_tasks=sampled")
     tasks = reference_test_tasks(cfg.env.name) if e.test_tasks == "reference" else test_tasks(e.seed)
-    to_train = [n for n in ("pretrained", "oracle") if n in e.baselines and not baseline_cache(run_dir, n, e).is_file()]
+    to_train = [n for n in ("pretrained", "oracle") if n in e.baselines and not baseline_cache(out, n, e).is_file()]
     if to_train:
         print(f"rl-maml eval: training the {' and '.join(to_train)} baseline{'s' if len(to_train) > 1 else ''} with "
-              f"PPO first ({e.baseline_timesteps} env steps each; cached in {run_dir / 'eval' / 'baselines'})",
+              f"PPO first ({e.baseline_timesteps} env steps each; cached in {out / 'baselines'})",
               file=sys.stderr)
     policies = {"maml": agent.policy}
     for name in e.baselines:
@@ -406,7 +409,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
             torch.manual_seed(e.seed)
             policies[name] = make_policy(cfg, env, device)
         elif name == "pretrained":
-            policies[name] = reference_policy(cfg, run_dir, name, device)
+            policies[name] = reference_policy(cfg, out, name, device)
     methods, episodes = {}, {}
 
     # MAML adapts with its training's inner loop (Alpha MAML's with its learned alphas), the other
@@ -440,7 +443,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
         episode_counts[name] = [round(ep.mask[0].sum(1).mean().item(), 1) for ep in eps]
     if "oracle" in e.baselines:  # no adaptation: the same returns at every step
         oracle_env = TaskAugmentedBatchedEnv(env)
-        oracle = reference_policy(cfg, run_dir, "oracle", device)
+        oracle = reference_policy(cfg, out, "oracle", device)
         seeds = episode_seeds(e.seed, "eval", 0, num_tasks=e.num_tasks, episodes_per_task=e.fast_batch_size)
         eps = sample_episodes(oracle_env, TaskBatchedModel(oracle), expand_params(params_of(oracle), e.num_tasks),
                               tasks, e.fast_batch_size, seeds, torch_generator(e.seed, "eval-actions", 0, device=device))
@@ -472,7 +475,6 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path) -> dict:
     }
     if draws is not None:
         results["maml_draws"] = draws
-    out = run_dir / "eval"
     title = (f"{cfg.env.label}{'' if cfg.env.id else f' ({cfg.env.convention} convention)'}: return on {e.num_tasks} test tasks after k "
              f"policy-gradient steps (checkpoint at iteration {iteration})")
     labels = {"maml": "MAML", "random": "random init", "pretrained": "pretrained (PPO, adapted)",
@@ -543,17 +545,17 @@ def step_sizes_text(scales: list[float]) -> str:
         ("".join(f", {one(x)}" for x in scales[2:]))
 
 
-def baseline_cache(run_dir: Path, name: str, e: RLEvalConfig) -> Path:
+def baseline_cache(eval_dir: Path, name: str, e: RLEvalConfig) -> Path:
     """Where the trained ``name`` baseline's weights are cached."""
-    return run_dir / "eval" / "baselines" / f"{name}_{e.baseline_timesteps}.pt"
+    return eval_dir / "baselines" / f"{name}_{e.baseline_timesteps}.pt"
 
 
-def reference_policy(cfg: MetaRLConfig, run_dir: Path, name: str, device: torch.device) -> GaussianMLPPolicy:
+def reference_policy(cfg: MetaRLConfig, eval_dir: Path, name: str, device: torch.device) -> GaussianMLPPolicy:
     """The pretrained or oracle policy: trained with PPO once, then cached as weights in the run folder."""
     from rl_maml.agents.rl_baselines import to_gaussian_policy, train_ppo
 
     p, e = cfg.policy, cfg.eval
-    path = baseline_cache(run_dir, name, e)
+    path = baseline_cache(eval_dir, name, e)
     env_kwargs = cfg.env.kwargs()
     if path.is_file():
         state = load_checkpoint(path)

@@ -169,8 +169,10 @@ def train(cfg: SinusoidConfig, run_dir: Path, resume: bool, progress: bool = Tru
     return trainer.run(start)
 
 
-def evaluate(cfg: SinusoidConfig, run_dir: Path, checkpoint: Path) -> dict:
-    """Adapt each trained method to the seeded test tasks; write results under ``run_dir/eval``."""
+def evaluate(cfg: SinusoidConfig, run_dir: Path, checkpoint: Path, out: Path | None = None) -> dict:
+    """Adapt each trained method to the seeded test tasks; write results under ``out`` (default
+    ``run_dir/eval``)."""
+    out = run_dir / "eval" if out is None else Path(out)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
     device = resolve_device(cfg.train.device)
@@ -198,7 +200,6 @@ def evaluate(cfg: SinusoidConfig, run_dir: Path, checkpoint: Path) -> dict:
         "steps": steps,
         "methods": methods,
     }
-    out = run_dir / "eval"
     title = (f"Sinusoid, K={cfg.task.num_support}: MSE on {e.num_tasks} test tasks after k steps "
              f"(checkpoint at iteration {iteration}; oracle needs no steps)")
     md = f"# {title}\n\n" + markdown_table(methods, steps, labels=LABELS)

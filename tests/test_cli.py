@@ -52,6 +52,8 @@ def test_train_and_eval_through_the_console_script(tmp_path):
         assert len(res["mean"]) == 4 and all(c > 0 for c in res["ci95"])
     assert (run / "eval" / "results.md").read_text().count("\n| ") == 4
     assert (run / "eval" / "adaptation.png").stat().st_size > 10_000
+    assert main(["eval", str(run), "--out", str(tmp_path / "elsewhere")]) == 0  # same numbers, written elsewhere
+    assert json.loads((tmp_path / "elsewhere" / "results.json").read_text())["methods"] == results["methods"]
     tags = tags_in(run / "tb")
     assert {"maml/losses/query_post", "maml/losses/support_pre", "pretrained/losses/train", "time/iteration_s",
             "time/maml_step_s", "maml/charts/inner_lr/layers.0.weight"} <= tags

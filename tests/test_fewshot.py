@@ -350,6 +350,10 @@ def test_miniimagenet_train_eval_resume_through_cli(tmp_path, capsys):
     assert all(0 <= a <= 100 for a in acc)
     assert (run / "eval" / "accuracy.png").stat().st_size > 10_000
     assert "| MAML |" in capsys.readouterr().out
+    # --out: the same numbers, written elsewhere (the accuracy plot still reads the run's validation curve)
+    assert main(["eval", str(run), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert json.loads((tmp_path / "elsewhere" / "results.json").read_text())["methods"] == results["methods"]
+    assert (tmp_path / "elsewhere" / "accuracy.png").stat().st_size > 10_000
     # the validation curve as CSV and plot, against iterations and the wall-clock time of both pieces
     assert main(["curves", str(run), "--out", str(tmp_path / "curves"), "--paper", "50"]) == 0
     rows = list(csv.DictReader(open(tmp_path / "curves" / "validation.csv")))

@@ -287,6 +287,26 @@ def test_export_resume_and_evaluate_from_the_exported_folder(tmp_path, capsys):
     assert "is not a run folder" in capsys.readouterr().err
 
 
+def test_eval_with_out_reads_the_run_folder_and_writes_elsewhere(tmp_path, capsys):
+    """``rl-maml eval RUN --out DIR``: a committed checkpoint folder is evaluated in place, left as it
+    was (no eval/, no lock file), and the numbers equal those of an evaluation inside a copy."""
+    import shutil
+
+    run = train_tiny_navigation(tmp_path / "run")
+    shutil.rmtree(run / "tb")
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    shutil.copytree(run, tmp_path / "copy")
+    assert main(["eval", str(run), "eval.baselines=[random]", "--out", str(tmp_path / "results")]) == 0
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before
+    assert main(["eval", str(tmp_path / "copy"), "eval.baselines=[random]"]) == 0
+    ours = json.loads((tmp_path / "results" / "results.json").read_text())
+    theirs = json.loads((tmp_path / "copy" / "eval" / "results.json").read_text())
+    assert ours["methods"] == theirs["methods"] and (tmp_path / "results" / "adaptation.png").is_file()
+    capsys.readouterr()
+    assert main(["eval", str(run), "--out", str(tmp_path / "results")]) == 2  # results there already
+    assert "--overwrite" in capsys.readouterr().err
+
+
 def test_a_resumed_run_may_take_other_thread_counts(tmp_path, capsys):
     """A run continued on another machine (or beside other work) may set its thread counts anew;
     the task-relevant settings stay refused."""
