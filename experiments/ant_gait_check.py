@@ -15,11 +15,17 @@ Forward and backward are searched separately, and each search's best gait is sco
 
 What a search this small finds bounds the attainable return from below; a policy that sees the
 state is not tied to one fixed rhythm and can correct the drift that ends open-loop episodes.
+
+``--no-refsafe`` runs the same search with MuJoCo's ``mjDSBL_REFSAFE`` flag set: the contacts'
+``solref`` time constant of 0.02 then acts as given instead of being raised to twice the time
+step (0.04), which is the one contact setting whose MuJoCo 1.31 behaviour (the reference's) we
+could not establish.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -27,7 +33,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import mujoco
+
 import rl_maml  # noqa: F401  (registers the envs)
+import rl_maml.envs.locomotion as locomotion
 from rl_maml.envs import make_batched
 
 NUM_JOINTS = 8
@@ -41,11 +50,31 @@ def controls(theta: np.ndarray, t: int, dt: float) -> np.ndarray:
     return np.clip(amp * np.sin(2 * np.pi * freq * t * dt + phase) + bias, -1.0, 1.0)
 
 
-def episode_returns(theta: np.ndarray, direction: float, seeds: list[int], horizon: int = 200) -> np.ndarray:
+@contextlib.contextmanager
+def _models_without_refsafe():
+    """Ant models built inside set ``mjDSBL_REFSAFE`` (the batched stepper copies its model when it
+    is built, so the flag has to be on the model before that)."""
+    load_model = locomotion.load_model
+
+    def patched(robot: str, convention: str = "gym") -> mujoco.MjModel:
+        model = load_model(robot, convention)
+        model.opt.disableflags |= int(mujoco.mjtDisableBit.mjDSBL_REFSAFE)
+        return model
+
+    locomotion.load_model = patched
+    try:
+        yield
+    finally:
+        locomotion.load_model = load_model
+
+
+def episode_returns(theta: np.ndarray, direction: float, seeds: list[int], horizon: int = 200,
+                    refsafe: bool = True) -> np.ndarray:
     """Undiscounted AntDir (`maml`) returns ``[len(seeds), P]``: one episode of each gait in
-    ``theta [P, 25]`` from each reset seed."""
+    ``theta [P, 25]`` from each reset seed (``refsafe=False``: with MuJoCo's ``mjDSBL_REFSAFE``)."""
     p, k = len(theta), len(seeds)
-    env = make_batched("AntDir", p * k, convention="maml", nthread=1, dtype=torch.float64)
+    with contextlib.nullcontext() if refsafe else _models_without_refsafe():
+        env = make_batched("AntDir", p * k, convention="maml", nthread=1, dtype=torch.float64)
     env.reset({"direction": np.full(p * k, direction)}, [s for s in seeds for _ in range(p)])
     gaits = np.tile(theta, (k, 1))
     total = np.zeros(p * k)
@@ -58,7 +87,7 @@ def episode_returns(theta: np.ndarray, direction: float, seeds: list[int], horiz
 
 
 def search(direction: float, iterations: int, population: int, elite: int, seed: int,
-           train_resets: int = 1) -> tuple[np.ndarray, list[float]]:
+           train_resets: int = 1, refsafe: bool = True) -> tuple[np.ndarray, list[float]]:
     """The cross-entropy method over gaits; returns the best gait found and each generation's best."""
     rng = np.random.default_rng(seed)
     mean = np.concatenate([np.full(NUM_JOINTS, 0.5), np.zeros(NUM_JOINTS), np.zeros(NUM_JOINTS), [2.0]])
@@ -67,7 +96,7 @@ def search(direction: float, iterations: int, population: int, elite: int, seed:
     for generation in range(iterations):
         theta = mean + std * rng.standard_normal((population, DIM))
         resets = [int(s) for s in rng.integers(0, 2**31 - 1, size=train_resets)]
-        scores = episode_returns(theta, direction, resets).mean(axis=0)
+        scores = episode_returns(theta, direction, resets, refsafe=refsafe).mean(axis=0)
         order = np.argsort(scores)[-elite:]
         mean, std = theta[order].mean(axis=0), theta[order].std(axis=0) + 0.02
         if scores[order[-1]] > best_score:
@@ -88,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--directions", type=float, nargs="+", default=[1.0, -1.0], choices=[1.0, -1.0])
     parser.add_argument("--test-episodes", type=int, default=20)
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--no-refsafe", action="store_true",
+                        help="set MuJoCo's mjDSBL_REFSAFE: contact time constants below twice the time step act as given")
     args = parser.parse_args(argv)
     if args.elite < 2 or args.elite > args.population:
         parser.error(f"--elite must be in [2, --population], got {args.elite}")
@@ -98,8 +129,11 @@ def main(argv: list[str] | None = None) -> int:
     for direction in args.directions:
         for seed in args.seeds:
             t0 = time.perf_counter()
-            gait, history = search(direction, args.iterations, args.population, args.elite, seed, args.train_resets)
-            test = episode_returns(gait[None], direction, [10_000 + i for i in range(args.test_episodes)])[:, 0]
+            refsafe = not args.no_refsafe
+            gait, history = search(direction, args.iterations, args.population, args.elite, seed, args.train_resets,
+                                   refsafe)
+            test = episode_returns(gait[None], direction, [10_000 + i for i in range(args.test_episodes)],
+                                   refsafe=refsafe)[:, 0]
             rows.append({"direction": direction, "seed": seed, "search_best": max(history),
                          "test_mean": float(test.mean()), "test_sd": float(test.std()),
                          "seconds": time.perf_counter() - t0, "gait": gait.tolist()})

@@ -48,3 +48,13 @@ def test_the_search_is_seeded_and_writes_json(tmp_path, capsys):
     rows = json.loads(out.read_text())["rows"]
     assert [r["direction"] for r in rows] == [1.0, -1.0] and all(len(r["gait"]) == gc.DIM for r in rows)
     assert "fresh resets" in capsys.readouterr().out
+
+
+def test_no_refsafe_changes_the_contacts_and_only_inside_its_scope():
+    """With mjDSBL_REFSAFE the contacts' 0.02 time constant acts as given: other returns for the same
+    gait; the flag does not outlive the call."""
+    theta = np.concatenate([np.full(8, 0.8), np.linspace(0, 3, 8), np.zeros(8), [2.0]])[None]
+    default = gc.episode_returns(theta, 1.0, [3], horizon=60)
+    stiff = gc.episode_returns(theta, 1.0, [3], horizon=60, refsafe=False)
+    assert not np.allclose(default, stiff)
+    assert np.array_equal(gc.episode_returns(theta, 1.0, [3], horizon=60), default)
