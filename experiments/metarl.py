@@ -516,11 +516,20 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
 
 # (legacy NumPy seed, range of np.random.uniform, threshold of the direction or None) of the MAML
 # paper's test scripts; a direction task is -1 below the threshold, +1 above.
+#
+# AntDir's threshold is the one behind the paper's own numbers, not the final script's 1.5. The
+# reference's history (cbfinn/maml_rl) shows the evaluated snapshot was trained by 13 April 2017
+# with the code of the ICML deadline (commit 7fe27d7), whose direction envs drew goals from
+# U(0.1, 0.8) and ran backward below 0.4; the final script draws the same 40 numbers from U(0, 3)
+# (seed 2), so the old split is u < 3/7, i.e. a goal below 9/7 here. That split, 20 forward and 20
+# backward, is the one in the paper's pickled per-task returns (icml/icml_antdirec_results_maml.pkl:
+# the five tasks with goals in [9/7, 1.5) score and start as forward tasks); 1.5 would give 15
+# forward. For HalfCheetahDir both splits give the same 40 tasks.
 REFERENCE_TEST_TASKS = {
     "HalfCheetahVel": (1, 2.0, None),
     "HalfCheetahDir": (1, 2.0, 1.0),
     "AntVel": (1, 3.0, None),
-    "AntDir": (2, 3.0, 1.5),
+    "AntDir": (2, 3.0, 9 / 7),
 }
 
 

@@ -35,8 +35,11 @@ def test_groups_follow_the_reference_goals_and_identical_returns_correlate_fully
     cmp = compare(results_like("AntDir", mine.tolist()), paper)
     rows = cmp["methods"]["maml"]["rows"]
     direction = reference_test_tasks("AntDir")["direction"].numpy()
-    assert rows["forward (+1)"]["tasks"] == int((direction > 0).sum()) == 15
-    assert rows["backward (-1)"]["tasks"] == 25
+    assert rows["forward (+1)"]["tasks"] == int((direction > 0).sum()) == 20
+    assert rows["backward (-1)"]["tasks"] == 20
+    # the split is the one behind the paper's returns: after one step every forward task scores above
+    # every backward one (555-627 against 358-444)
+    assert theirs[1, direction > 0].min() > theirs[1, direction < 0].max()
     np.testing.assert_allclose(rows["forward (+1)"]["paper"], theirs[:, direction > 0].mean(1))
     np.testing.assert_allclose(rows["forward (+1)"]["ours"], theirs[:, direction > 0].mean(1) - 100.0)
     np.testing.assert_allclose(cmp["methods"]["maml"]["correlation"], 1.0)
