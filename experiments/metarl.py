@@ -398,7 +398,8 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
         raise ConfigError(f"eval.test_tasks=reference covers the built-in families; env.id={cfg.env.id!r} needs "
                           "eval.test_tasks=sampled")
     tasks = reference_test_tasks(cfg.env.name) if e.test_tasks == "reference" else test_tasks(e.seed)
-    to_train = [n for n in ("pretrained", "oracle") if n in e.baselines and not baseline_cache(out, n, e).is_file()]
+    own = run_dir / "eval"  # with --out, PPO baselines the run's own evaluation trained are reused
+    to_train = [n for n in ("pretrained", "oracle") if n in e.baselines and not baseline_cache(out, n, e, own).is_file()]
     if to_train:
         print(f"rl-maml eval: training the {' and '.join(to_train)} baseline{'s' if len(to_train) > 1 else ''} with "
               f"PPO first ({e.baseline_timesteps} env steps each; cached in {out / 'baselines'})",
@@ -409,7 +410,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
             torch.manual_seed(e.seed)
             policies[name] = make_policy(cfg, env, device)
         elif name == "pretrained":
-            policies[name] = reference_policy(cfg, out, name, device)
+            policies[name] = reference_policy(cfg, out, name, device, own)
     methods, episodes = {}, {}
 
     # MAML adapts with its training's inner loop (Alpha MAML's with its learned alphas), the other
@@ -443,7 +444,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
         episode_counts[name] = [round(ep.mask[0].sum(1).mean().item(), 1) for ep in eps]
     if "oracle" in e.baselines:  # no adaptation: the same returns at every step
         oracle_env = TaskAugmentedBatchedEnv(env)
-        oracle = reference_policy(cfg, out, "oracle", device)
+        oracle = reference_policy(cfg, out, "oracle", device, own)
         seeds = episode_seeds(e.seed, "eval", 0, num_tasks=e.num_tasks, episodes_per_task=e.fast_batch_size)
         eps = sample_episodes(oracle_env, TaskBatchedModel(oracle), expand_params(params_of(oracle), e.num_tasks),
                               tasks, e.fast_batch_size, seeds, torch_generator(e.seed, "eval-actions", 0, device=device))
@@ -554,17 +555,24 @@ def step_sizes_text(scales: list[float]) -> str:
         ("".join(f", {one(x)}" for x in scales[2:]))
 
 
-def baseline_cache(eval_dir: Path, name: str, e: RLEvalConfig) -> Path:
-    """Where the trained ``name`` baseline's weights are cached."""
-    return eval_dir / "baselines" / f"{name}_{e.baseline_timesteps}.pt"
+def baseline_cache(eval_dir: Path, name: str, e: RLEvalConfig, also: Path | None = None) -> Path:
+    """Where the trained ``name`` baseline's weights are cached: under ``eval_dir``, or, when only
+    there, under ``also`` (the run's own ``eval/`` when ``rl-maml eval --out`` writes elsewhere;
+    read, never written)."""
+    path = eval_dir / "baselines" / f"{name}_{e.baseline_timesteps}.pt"
+    if not path.is_file() and also is not None and (also / "baselines" / path.name).is_file():
+        return also / "baselines" / path.name
+    return path
 
 
-def reference_policy(cfg: MetaRLConfig, eval_dir: Path, name: str, device: torch.device) -> GaussianMLPPolicy:
-    """The pretrained or oracle policy: trained with PPO once, then cached as weights in the run folder."""
+def reference_policy(cfg: MetaRLConfig, eval_dir: Path, name: str, device: torch.device,
+                     also: Path | None = None) -> GaussianMLPPolicy:
+    """The pretrained or oracle policy: trained with PPO once, then cached as weights under
+    ``eval_dir`` (an existing cache under ``also`` is used as well)."""
     from rl_maml.agents.rl_baselines import to_gaussian_policy, train_ppo
 
     p, e = cfg.policy, cfg.eval
-    path = baseline_cache(eval_dir, name, e)
+    path = baseline_cache(eval_dir, name, e, also)
     env_kwargs = cfg.env.kwargs()
     if path.is_file():
         state = load_checkpoint(path)

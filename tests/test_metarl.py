@@ -62,6 +62,11 @@ def test_evaluation_with_sb3_baselines(preset, tmp_path, capsys):
     assert main(["eval", "--overwrite", str(run)]) == 0
     again = json.loads((run / "eval" / "results.json").read_text())
     assert again["methods"] == results["methods"]
+    # So does an evaluation written elsewhere (--out): it reads the run's cache and trains nothing.
+    capsys.readouterr()
+    assert main(["eval", str(run), "--out", str(tmp_path / "elsewhere")]) == 0
+    assert "training the" not in capsys.readouterr().err and not (tmp_path / "elsewhere" / "baselines").exists()
+    assert json.loads((tmp_path / "elsewhere" / "results.json").read_text())["methods"] == results["methods"]
     # A cache trained for another policy is refused with the file to delete, not loaded or crashed on.
     config = run / "config.yaml"
     config.write_text(config.read_text().replace("activation: relu", "activation: tanh"))
