@@ -200,13 +200,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           "(or copy them away first, or write elsewhere with --out)")
     from rl_maml.runlock import RunLock
 
-    if args.out is None:
-        with RunLock(run_dir, "eval"):
-            module.evaluate(cfg, run_dir, checkpoint)
-    else:  # the run folder is only read (it may be a committed checkpoint or read-only): lock the output
-        out.mkdir(parents=True, exist_ok=True)
-        with RunLock(out, "eval"):
-            module.evaluate(cfg, run_dir, checkpoint, out=out)
+    # With --out the run folder is only read (it may be a committed checkpoint or read-only): the
+    # output folder is locked instead.
+    locked = run_dir if args.out is None else out
+    locked.mkdir(parents=True, exist_ok=True)
+    with RunLock(locked, "eval"):
+        module.evaluate(cfg, run_dir, checkpoint, out=out)
     print((out / "results.md").read_text())
     print(f"written: {out} (results.json, results.md, figures)", file=sys.stderr)
     return 0

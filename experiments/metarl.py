@@ -398,7 +398,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
         raise ConfigError(f"eval.test_tasks=reference covers the built-in families; env.id={cfg.env.id!r} needs "
                           "eval.test_tasks=sampled")
     tasks = reference_test_tasks(cfg.env.name) if e.test_tasks == "reference" else test_tasks(e.seed)
-    own = run_dir / "eval"  # with --out, PPO baselines the run's own evaluation trained are reused
+    own = run_dir / "eval" if out != run_dir / "eval" else None  # with --out, the run's own cached PPO baselines
     to_train = [n for n in ("pretrained", "oracle") if n in e.baselines and not baseline_cache(out, n, e, own).is_file()]
     if to_train:
         print(f"rl-maml eval: training the {' and '.join(to_train)} baseline{'s' if len(to_train) > 1 else ''} with "
