@@ -80,7 +80,7 @@ def product_costs(agent, repeats: int = 3) -> dict[str, float]:
     with FlopCounterMode(display=False) as counter:
         fvp(v)
     own = meta.trpo
-    meta.trpo = dataclasses.replace(own, fvp="autograd")
+    meta.trpo = dataclasses.replace(own, fvp="autograd", fvp_dtype="same")
     try:
         structured = meta.fisher_vector_product(train, valid, 1e-5, states=adapted)
     finally:
@@ -95,8 +95,12 @@ def product_costs(agent, repeats: int = 3) -> dict[str, float]:
     b = torch.randn(M, H, H, device=agent.device)
     bmm_seconds = _median_s(lambda: torch.bmm(a, b), agent.device, 10)
     flops = counter.get_total_flops()
-    return {**seconds, "gflop": flops / 1e9, "rate": flops / seconds["own"] / 1e9,
-            "bmm_rate": 2 * M * K * H * H / bmm_seconds / 1e9, "bmm_shape": f"[{M}, {K}, {H}] x [{M}, {H}, {H}]"}
+    out = {**seconds, "gflop": flops / 1e9, "rate": flops / seconds["own"] / 1e9,
+           "bmm_rate": 2 * M * K * H * H / bmm_seconds / 1e9, "bmm_shape": f"[{M}, {K}, {H}] x [{M}, {H}, {H}]"}
+    if own.fvp_dtype == "bfloat16":  # the same bmm in the products' precision
+        a16, b16 = a.to(torch.bfloat16), b.to(torch.bfloat16)
+        out["bmm_rate_bf16"] = 2 * M * K * H * H / _median_s(lambda: torch.bmm(a16, b16), agent.device, 10) / 1e9
+    return out
 
 
 def _median_s(fn, device: torch.device, repeats: int) -> float:
@@ -136,20 +140,27 @@ NAVIGATION_PAPER = ["inner.num_inner_steps=1", "inner.step_scales=[1.0]", "trpo.
 episodes, one inner step, REINFORCE, exact curvature, 10 CG iterations."""
 
 
+def _dtype(args) -> str:
+    return getattr(args, "fvp_dtype", "same")
+
+
 def config(args):
     from rl_maml.api import load_config
 
     if getattr(args, "preset", None):
         return load_config(args.preset, [f"train.meta_batch_size={args.tasks}", f"trpo.cg_iters={args.cg_iters}",
                                          f"trpo.fvp={args.fvp}", f"trpo.fvp_subsample={args.fvp_subsample}",
+                                         f"trpo.fvp_dtype={_dtype(args)}",
                                          f"train.meta_step_threads={args.meta_step_threads}"])
     if args.workload == "navigation":
         return load_config("navigation", [*NAVIGATION_PAPER, f"trpo.cg_iters={args.cg_iters}", f"trpo.fvp={args.fvp}",
+                                          f"trpo.fvp_dtype={_dtype(args)}",
                                           f"train.meta_step_threads={args.meta_step_threads}"])
     return from_dict(MetaRLConfig, {
         "env": {"name": args.env, "convention": getattr(args, "convention", "gym"),
                 "backend": getattr(args, "backend", "mujoco")},
-        "trpo": {"cg_iters": args.cg_iters, "fvp_subsample": args.fvp_subsample, "fvp": args.fvp},
+        "trpo": {"cg_iters": args.cg_iters, "fvp_subsample": args.fvp_subsample, "fvp": args.fvp,
+                 "fvp_dtype": _dtype(args)},
         "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes,
                   "meta_step_threads": args.meta_step_threads},
     })
@@ -196,6 +207,8 @@ def main() -> None:
     ap.add_argument("--fvp-subsample", type=float, default=1.0, help="fraction of episodes for Fisher products")
     ap.add_argument("--fvp", default="auto", choices=["auto", "closed_form", "autograd"],
                     help="how Fisher-vector products are computed (trpo.fvp)")
+    ap.add_argument("--fvp-dtype", default="same", choices=["same", "bfloat16"],
+                    help="precision of the closed-form Fisher products (trpo.fvp_dtype)")
     ap.add_argument("--meta-step-threads", type=int, default=0,
                     help="train.meta_step_threads (0: all cores)")
     ap.add_argument("--contend", type=int, default=0,
@@ -221,16 +234,16 @@ def main() -> None:
         build_agent(config(argparse.Namespace(**{**vars(args), "fvp_subsample": 1.0})), device))
     if args.preset:
         print(f"preset {args.preset} ({cfg.env.name}, {cfg.env.convention} convention, {cfg.train.meta_batch_size} tasks, "
-              f"batch_steps {cfg.train.batch_steps}), fvp {args.fvp}, fvp_subsample {args.fvp_subsample}, "
+              f"batch_steps {cfg.train.batch_steps}), fvp {args.fvp} ({args.fvp_dtype}), fvp_subsample {args.fvp_subsample}, "
               f"cg_iters {args.cg_iters}, "
               f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
     elif navigation:
         print("2D navigation with the MAML paper's workload (20 tasks x 20 episodes, one inner step, REINFORCE, "
-              f"exact curvature), fvp {args.fvp}, cg_iters {args.cg_iters}, torch {torch.__version__}, device "
+              f"exact curvature), fvp {args.fvp} ({args.fvp_dtype}), cg_iters {args.cg_iters}, torch {torch.__version__}, device "
               f"{device}; median of {args.iterations} iterations")
     else:
         print(f"{args.env}, {args.convention} convention, backend {args.backend}, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
-              f"fvp {args.fvp}, fvp_subsample {args.fvp_subsample}, cg_iters {args.cg_iters}, "
+              f"fvp {args.fvp} ({args.fvp_dtype}), fvp_subsample {args.fvp_subsample}, cg_iters {args.cg_iters}, "
               f"meta_step_threads {args.meta_step_threads}, "
               f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
     print(f"allocator tuned (rl_maml.runtime): {runtime.apply()['malloc_tuned']}")
@@ -260,6 +273,9 @@ def main() -> None:
           f"{rates['own'] * 1000:.0f} ms, {rates['gflop']:.2f} GFLOP at {rates['rate']:.1f} GFLOP/s; plain bmm "
           f"{rates['bmm_shape']}: {rates['bmm_rate']:.1f} GFLOP/s; products at {rates['rate'] / rates['bmm_rate']:.0%} "
           "of the bmm rate")
+    if "bmm_rate_bf16" in rates:
+        print(f"the same bmm in bfloat16: {rates['bmm_rate_bf16']:.1f} GFLOP/s; products at "
+              f"{rates['rate'] / rates['bmm_rate_bf16']:.0%} of it")
     print(f"one Fisher-vector product by autograd: through the whole graph {rates['whole_graph']:.2f} s, structured "
           f"J^T F' J {rates['structured']:.2f} s; fvp {args.fvp}: {rates['own']:.2f} s "
           f"({rates['structured'] / rates['own']:.1f}x faster than the structured autograd product)")

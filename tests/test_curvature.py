@@ -138,3 +138,49 @@ def test_fisher_products_in_task_chunks_equal_the_whole_batch(monkeypatch, chunk
     torch.testing.assert_close(meta.fisher_vector_product(train, valid, 0.01)(v), whole, rtol=1e-12, atol=1e-13)
     meta.trpo = TRPOSettings(surrogate_steps="every", inner_objective="lvc", fvp="autograd")
     torch.testing.assert_close(meta.fisher_vector_product(train, valid, 0.01)(v), whole, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_bfloat16_fisher_products_are_the_full_precision_ones_to_bfloat16s_accuracy(activation):
+    """trpo.fvp_dtype=bfloat16: the same chain J^T F' J in bfloat16 (two inner steps, every step
+    scored, LVC, task chunks), returned in the direction's precision and within bfloat16's rounding
+    (8 significant bits) of the float64 product; the full-precision product stays exact."""
+    import dataclasses
+
+    from rl_maml.inner import ConstantStepSize, InnerLoop
+    from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(OBS, ACT, (32, 32), activation, init_std=0.7).double()
+    settings = TRPOSettings(surrogate_steps="every", inner_objective="lvc")
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), 2), settings)
+    train, valid = [_episodes(10), _episodes(11)], _episodes(12)
+    v = torch.randn(sum(p.numel() for p in policy.parameters()), generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    full = meta.fisher_vector_product(train, valid, 0.0)(v)
+    meta.trpo = dataclasses.replace(settings, fvp_dtype="bfloat16")
+    low = meta.fisher_vector_product(train, valid, 0.0)(v)
+    assert low.dtype == torch.float64 and low.shape == full.shape
+    error = ((low - full).norm() / full.norm()).item()
+    assert 1e-6 < error < 2e-2  # rounded (not silently run in float64), and only by bfloat16's rounding
+    meta.trpo = dataclasses.replace(settings, fvp="autograd")
+    torch.testing.assert_close(meta.fisher_vector_product(train, valid, 0.0)(v), full, rtol=1e-9, atol=1e-11)
+
+
+def test_bfloat16_products_loop_over_tasks_where_rows_are_padded():
+    """In reduced precision a batched product whose operand is a slice of a wider buffer runs as one
+    mm per task (bmm would copy it); the result equals the batched product of packed copies."""
+    from rl_maml.rl.curvature import _bmm, _padded
+
+    g = torch.Generator().manual_seed(0)
+    buf = torch.randn(3, 50, 21, generator=g).to(torch.bfloat16)
+    a, b = buf[..., :9], torch.randn(3, 9, 4, generator=g).to(torch.bfloat16)  # a: rows padded to 21
+    acc = torch.randn(3, 1, 4, generator=g).to(torch.bfloat16)
+    assert _padded(a) and not _padded(b) and not _padded(a.contiguous().transpose(1, 2))
+    want = torch.baddbmm(acc.float(), a.float(), b.float())
+    for got in (_bmm(a, b, acc), torch.baddbmm(acc, a.contiguous(), b)):
+        torch.testing.assert_close(got.float(), want, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(_bmm(a, b, acc), torch.baddbmm(acc, a.contiguous(), b), rtol=1e-2, atol=1e-2)
+    outer = _bmm(buf[..., 2:11].transpose(1, 2), buf[..., :5])  # both operands padded
+    torch.testing.assert_close(outer.float(), torch.bmm(buf[..., 2:11].float().transpose(1, 2), buf[..., :5].float()),
+                               rtol=2e-2, atol=5e-2)
