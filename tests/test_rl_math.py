@@ -467,6 +467,13 @@ def test_fvp_dtype_is_validated_and_needs_the_closed_form_products():
     with pytest.raises(ValueError, match="closed-form"):
         TRPOSettings(fvp_dtype="bfloat16", fvp="autograd")
 
+    class OtherPolicy(GaussianMLPPolicy):  # not covered by the closed-form products
+        pass
+
+    with pytest.raises(ValueError, match="OtherPolicy.*fvp_dtype=same"):
+        MAMLTRPO(OtherPolicy(2, 2, (8,)), InnerLoop(ConstantStepSize(0.1), 1), TRPOSettings(fvp_dtype="bfloat16"))
+    MAMLTRPO(OtherPolicy(2, 2, (8,)), InnerLoop(ConstantStepSize(0.1), 1), TRPOSettings())  # float32: autograd products
+
 
 def test_bfloat16_meta_step_is_the_full_precision_one_up_to_rounding():
     """trpo.fvp_dtype=bfloat16 changes only the products' rounding. With three conjugate-gradient

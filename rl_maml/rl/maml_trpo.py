@@ -128,6 +128,12 @@ class MAMLTRPO:
         self.trpo = trpo
         self.shard = None  # a TaskShard when the meta-batch is split across processes (rl_maml.distributed)
         self.warm_direction: Tensor | None = None  # the last natural-gradient direction (trpo.cg_warm_start)
+        if trpo.fvp_dtype != "same" and not self.closed_form_curvature(list(self.params())):
+            raise ValueError(self._no_low_precision())
+
+    def _no_low_precision(self) -> str:
+        return (f"trpo.fvp_dtype={self.trpo.fvp_dtype} needs the closed-form products, which do not cover this "
+                f"policy ({type(self.policy).__name__}); set trpo.fvp_dtype=same")
 
     def _mean(self, local: Tensor) -> Tensor:
         """The mean over the whole meta-batch of a per-rank mean over this rank's tasks."""
@@ -272,8 +278,7 @@ class MAMLTRPO:
             task_chunks = [slice(i, min(i + size, M)) for i in range(0, M, size)]
         else:
             if self.trpo.fvp_dtype != "same":
-                raise ValueError(f"trpo.fvp_dtype={self.trpo.fvp_dtype} needs the closed-form products, which "
-                                 f"do not cover this policy ({type(self.policy).__name__}); set trpo.fvp_dtype=same")
+                raise ValueError(self._no_low_precision())
             inner_hvps, kl_hvps = self._autograd_curvature(train, valid, states, names, scored, second_order)
             task_chunks = [slice(None)]
         adapted_names = [set(self.inner.adapted_names(s, states[s])) for s in range(len(train))]
