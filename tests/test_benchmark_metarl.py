@@ -58,3 +58,11 @@ def test_a_preset_is_timed_as_it_trains(monkeypatch, capsys):
     assert re.search(r"\| CG products, final residual .* \| 2, ", out)
     assert re.search(r"batched stepper raw \(N = 10\)", out)  # the preset's 10 episodes per task
     assert "allocator tuned" in out and "bmm" not in out  # --no-products
+
+
+def test_bfloat16_products_are_set_beside_both_bmm_rates(monkeypatch, capsys):
+    out = run(monkeypatch, capsys, "--iterations", "1", "--tasks", "2", "--episodes", "1", "--cg-iters", "2",
+              "--fvp-dtype", "bfloat16")
+    assert "fvp auto (bfloat16)" in out
+    assert re.search(r"products at \d+% of the bmm rate", out)
+    assert re.search(r"the same bmm in bfloat16: [\d.]+ GFLOP/s; products at \d+% of it", out)
