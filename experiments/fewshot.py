@@ -245,7 +245,7 @@ def train(cfg: FewShotConfig, run_dir: Path, resume: bool, progress: bool = True
     trainer = Trainer(run_dir, {cfg.method: learner}, sample_batch, cfg.train.num_iterations, cfg.train.checkpoint_every,
                       cfg.train.keep_checkpoints, cfg.train.log_every, progress, validate=validate,
                       validate_every=cfg.eval.val_every if shard is None or shard.is_main else 0,
-                      is_main=shard is None or shard.is_main)
+                      shard=shard)
     start = trainer.resume(str(device)) if resume else 0
     return trainer.run(start)
 

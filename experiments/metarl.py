@@ -374,7 +374,7 @@ def train(cfg: MetaRLConfig, run_dir: Path, resume: bool, progress: bool = True)
     trainer = Trainer(run_dir, {"maml": agent}, lambda it: it, cfg.train.num_iterations, cfg.train.checkpoint_every,
                       cfg.train.keep_checkpoints, cfg.train.log_every, progress,
                       progress_keys=("return_post", "return_pre", "ls_accepted"),
-                      is_main=shard is None or shard.is_main)
+                      shard=shard)
     start = trainer.resume(str(device)) if resume else 0
     return trainer.run(start)
 

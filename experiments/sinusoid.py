@@ -163,7 +163,7 @@ def train(cfg: SinusoidConfig, run_dir: Path, resume: bool, progress: bool = Tru
 
     trainer = Trainer(
         run_dir, learners, sample_batch, cfg.train.num_iterations, cfg.train.checkpoint_every,
-        cfg.train.keep_checkpoints, cfg.train.log_every, progress, is_main=shard is None or shard.is_main,
+        cfg.train.keep_checkpoints, cfg.train.log_every, progress, shard=shard,
     )
     start = trainer.resume(str(device)) if resume else 0
     return trainer.run(start)

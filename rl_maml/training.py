@@ -111,6 +111,10 @@ class Trainer:
             ``run_dir/validation.jsonl`` (the learning curve). Lines written after the checkpoint
             a run resumes from are dropped, so a resumed run's curve has no duplicates.
         validate_every: see ``validate`` (0: never).
+        is_main: whether this process writes (rank 0 under torch.distributed).
+        shard: this rank's :class:`~rl_maml.distributed.TaskShard` under torch.distributed: a stop
+            request (Ctrl-C, SIGTERM) that reaches any rank then stops every rank after the same
+            iteration, once rank 0 has checkpointed it.
     """
 
     def __init__(
@@ -127,6 +131,7 @@ class Trainer:
         validate: Callable[[int], dict[str, float]] | None = None,
         validate_every: int = 0,
         is_main: bool = True,
+        shard=None,
     ):
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
@@ -142,7 +147,8 @@ class Trainer:
         self.validate_every = validate_every
         self.curve_path = self.run_dir / "validation.jsonl"
         # Under torch.distributed only rank 0 writes (logs, checkpoints, curves); the others train.
-        self.is_main = is_main
+        self.is_main = is_main if shard is None else shard.is_main
+        self.shard = shard
         # Cumulative cost of the run, kept in every checkpoint and carried over by resume:
         # seconds spent in iterations and, for learners that report charts/env_steps, env steps.
         self.totals = {"wall_clock_s": 0.0, "env_steps": 0.0}
@@ -233,12 +239,17 @@ class Trainer:
                 # Read the request once: a signal landing between the save and the exit check would
                 # otherwise stop the run without checkpointing the iteration it reports.
                 stopping = stop.requested
+                if self.shard is not None:  # a signal may reach one rank only (or ranks apart)
+                    anyone = self.shard.any(stopping is not None)
+                    stopping = stopping or ("a stop request on another rank" if anyone else None)
                 if iteration % self.checkpoint_every == 0 or iteration == self.num_iterations or stopping:
                     self.save(iteration)
                     saved = iteration
                     logger.flush()
                 bar.update(1)
                 if stopping and iteration < self.num_iterations:
+                    if self.shard is not None:  # no rank exits (torchrun then ends the others) before rank 0 has saved
+                        self.shard.barrier()
                     bar.close()
                     raise TrainingInterrupted(
                         f"interrupted by {stopping} after iteration {saved} (checkpointed); continue with: "

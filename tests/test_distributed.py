@@ -101,3 +101,64 @@ def test_finish_waits_for_the_ranks_and_ends_the_process_group(tmp_path):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+STOP_WORKER = '''
+import os, signal, sys
+from pathlib import Path
+from rl_maml.distributed import context, finish
+from rl_maml.training import Trainer, TrainingInterrupted
+
+run, stop_rank, stop_at = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+shard = context(2)
+
+
+class Counter:
+    """A learner whose step holds a collective, as every split learner's does."""
+    name = "counter"
+
+    def __init__(self):
+        self.steps = 0
+
+    def train_step(self, iteration):
+        self.steps += 1
+        if shard.rank == stop_rank and iteration == stop_at:  # a signal that reaches this rank alone
+            os.kill(os.getpid(), signal.SIGTERM)
+        shard.mean_float(1.0)
+        return {"steps": float(self.steps)}
+
+    def state_dict(self):
+        return {"steps": self.steps}
+
+    def load_state_dict(self, state):
+        self.steps = state["steps"]
+
+
+trainer = Trainer(run, {"counter": Counter()}, lambda it: it, 100, checkpoint_every=50, progress=False, shard=shard)
+try:
+    trainer.run(0)
+    outcome = "finished"
+except TrainingInterrupted as e:
+    outcome = str(e)
+(run / f"rank{shard.rank}.txt").write_text(outcome)
+finish()
+'''
+
+
+@pytest.mark.parametrize("stop_rank", [0, 1])
+def test_a_signal_on_one_rank_stops_every_rank_after_the_same_checkpointed_iteration(tmp_path, stop_rank):
+    """SIGTERM that reaches one rank only: every rank stops after that iteration, rank 0 has
+    checkpointed it, and no rank waits forever in the next iteration's collectives."""
+    script = tmp_path / "worker.py"
+    script.write_text(STOP_WORKER)
+    run = tmp_path / "run"
+    run.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script),
+           str(run), str(stop_rank), "3"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    outcomes = [(run / f"rank{r}.txt").read_text() for r in range(2)]
+    assert all("after iteration 3 (checkpointed)" in o for o in outcomes), outcomes
+    assert "SIGTERM" in outcomes[stop_rank] and "another rank" in outcomes[1 - stop_rank]
+    state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    assert state["iteration"] == 3 and state["learners"]["counter"]["steps"] == 3
