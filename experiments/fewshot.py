@@ -201,21 +201,32 @@ SAMPLE_BLOCK = 100
 
 def evaluate_tasks(learner: SupervisedLearner, sampler: FewShotTasks, num_tasks: int, num_steps: int, seed: int,
                    key: str, chunk_size: int, device: torch.device, score_steps: list[int] | None = None,
-                   progress: bool = False, desc: str = "evaluate") -> torch.Tensor:
+                   progress: bool = False, desc: str = "evaluate", shard=None) -> torch.Tensor:
     """Accuracy ``[len(score_steps), num_tasks]`` (default: after each of 0..num_steps steps) on
     tasks drawn from ``sampler`` with a fixed seed, adapted ``chunk_size`` at a time (first order:
-    no meta-gradient is needed)."""
+    no meta-gradient is needed).
+
+    ``shard``: this rank's :class:`~rl_maml.distributed.TaskShard` under torch.distributed. Every
+    rank draws the same tasks and adapts every ``world_size``-th chunk of them; every rank returns
+    all the accuracies (a task's accuracy does not depend on which rank adapted it)."""
     g = torch_generator(seed, key)
-    out = []
+    rows = num_steps + 1 if score_steps is None else len(score_steps)
+    out, index = [], 0
     with tqdm(total=num_tasks, desc=desc, unit="task", disable=not progress, dynamic_ncols=True) as bar:
         for block_start in range(0, num_tasks, SAMPLE_BLOCK):
             block = sampler.sample(min(SAMPLE_BLOCK, num_tasks - block_start), g)
             for start in range(0, block.num_tasks, chunk_size):
                 n = min(chunk_size, block.num_tasks - start)
-                chunk = block if n == block.num_tasks else block.tasks_slice(start, n)
-                out.append(learner.evaluate(chunk.to(device), num_steps, score=accuracy, score_steps=score_steps).cpu())
+                if shard is not None and index % shard.world_size != shard.rank:  # another rank's chunk
+                    out.append(torch.zeros(rows, n))
+                else:
+                    chunk = block if n == block.num_tasks else block.tasks_slice(start, n)
+                    out.append(learner.evaluate(chunk.to(device), num_steps, score=accuracy,
+                                                score_steps=score_steps).cpu())
+                index += 1
                 bar.update(n)
-    return torch.cat(out, dim=1)
+    accuracies = torch.cat(out, dim=1)
+    return accuracies if shard is None else shard.sum_tensor(accuracies)  # each task's column is nonzero on one rank
 
 
 def train(cfg: FewShotConfig, run_dir: Path, resume: bool, progress: bool = True) -> dict[str, float]:
@@ -239,13 +250,12 @@ def train(cfg: FewShotConfig, run_dir: Path, resume: bool, progress: bool = True
 
     def validate(iteration: int) -> dict[str, float]:
         acc = evaluate_tasks(learner, val_tasks, cfg.eval.val_tasks, val_steps, cfg.eval.seed, "fewshot-val",
-                             cfg.eval.chunk_size, device).mean(dim=1)
+                             cfg.eval.chunk_size, device, shard=shard).mean(dim=1)
         return {f"val/accuracy_after_{k}_steps": acc[k].item() for k in range(val_steps + 1)}
 
     trainer = Trainer(run_dir, {cfg.method: learner}, sample_batch, cfg.train.num_iterations, cfg.train.checkpoint_every,
                       cfg.train.keep_checkpoints, cfg.train.log_every, progress, validate=validate,
-                      validate_every=cfg.eval.val_every if shard is None or shard.is_main else 0,
-                      shard=shard)
+                      validate_every=cfg.eval.val_every, shard=shard)
     start = trainer.resume(str(device)) if resume else 0
     return trainer.run(start)
 

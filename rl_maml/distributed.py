@@ -65,6 +65,12 @@ class TaskShard:
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t.item()
 
+    def sum_tensor(self, local: Tensor) -> Tensor:
+        """The elementwise sum of ``local`` over the ranks (a new tensor on every rank)."""
+        out = local.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
     def any(self, flag: bool) -> bool:
         """True on every rank if ``flag`` is true on any."""
         t = torch.tensor(1 if flag else 0, dtype=torch.int64)

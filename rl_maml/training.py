@@ -110,7 +110,8 @@ class Trainer:
             the last one); its metrics go to TensorBoard and, one JSON line per call, to
             ``run_dir/validation.jsonl`` (the learning curve). Lines written after the checkpoint
             a run resumes from are dropped, so a resumed run's curve has no duplicates.
-        validate_every: see ``validate`` (0: never).
+        validate_every: see ``validate`` (0: never). Under torch.distributed every rank calls
+            ``validate`` (which may split its work over the ranks); rank 0 writes the results.
         is_main: whether this process writes (rank 0 under torch.distributed).
         shard: this rank's :class:`~rl_maml.distributed.TaskShard` under torch.distributed: a stop
             request (Ctrl-C, SIGTERM) that reaches any rank then stops every rank after the same
@@ -235,7 +236,8 @@ class Trainer:
                 if self.validate is not None and self.validate_every and (
                         iteration % self.validate_every == 0 or iteration == self.num_iterations):
                     shown = {k.rsplit("/", 1)[-1]: f"{v:.3g}" for k, v in self._validate(iteration, logger).items()}
-                    bar.write(f"iteration {iteration}: validation {shown}")
+                    if self.is_main:
+                        bar.write(f"iteration {iteration}: validation {shown}")
                 # Read the request once: a signal landing between the save and the exit check would
                 # otherwise stop the run without checkpointing the iteration it reports.
                 stopping = stop.requested

@@ -162,3 +162,55 @@ def test_a_signal_on_one_rank_stops_every_rank_after_the_same_checkpointed_itera
     assert "SIGTERM" in outcomes[stop_rank] and "another rank" in outcomes[1 - stop_rank]
     state = load_checkpoint(latest_checkpoint(run / "checkpoints"))
     assert state["iteration"] == 3 and state["learners"]["counter"]["steps"] == 3
+
+
+EVAL_WORKER = '''
+import sys
+import torch
+import torch.nn.functional as F
+from rl_maml.distributed import context, finish
+from rl_maml.experiments.fewshot import evaluate_tasks
+from rl_maml.agents import MAMLLearner
+from rl_maml.inner import ConstantStepSize, InnerLoop
+from rl_maml.nn import Conv4
+from rl_maml.tasks.fewshot import FewShotTasks
+
+
+def setup():
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (12, 6, 14, 14), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    learner = MAMLLearner(Conv4(1, 3, hidden=4, image_size=14), F.cross_entropy, InnerLoop(ConstantStepSize(0.4), 1), 1e-3)
+    return learner, FewShotTasks(images, ways=3, shots=1, query=2)
+
+
+if __name__ == "__main__":
+    learner, sampler = setup()
+    shard = context(2)
+    acc = evaluate_tasks(learner, sampler, 130, 2, 7, "t", 20, torch.device("cpu"), shard=shard)
+    torch.save(acc, sys.argv[1] + f".rank{shard.rank}")
+    finish()
+'''
+
+
+def test_evaluation_split_over_two_processes_equals_one(tmp_path):
+    """Validation under torchrun: each rank adapts every other chunk of the same tasks, and every
+    rank ends with the accuracies one process computes."""
+    import importlib.util
+
+    script = tmp_path / "eval_worker.py"
+    script.write_text(EVAL_WORKER)
+    out = tmp_path / "acc"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), str(out)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    spec = importlib.util.spec_from_file_location("eval_worker", script)
+    worker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(worker)
+    from rl_maml.experiments.fewshot import evaluate_tasks
+
+    learner, sampler = worker.setup()
+    one = evaluate_tasks(learner, sampler, 130, 2, 7, "t", 20, torch.device("cpu"))
+    assert one.shape == (3, 130)
+    for rank in range(2):
+        torch.testing.assert_close(torch.load(f"{out}.rank{rank}"), one, rtol=0, atol=1e-6)
