@@ -214,3 +214,12 @@ def test_evaluation_split_over_two_processes_equals_one(tmp_path):
     assert one.shape == (3, 130)
     for rank in range(2):
         torch.testing.assert_close(torch.load(f"{out}.rank{rank}"), one, rtol=0, atol=1e-6)
+
+
+def test_benchmark_times_a_supervised_config_in_one_and_two_processes(capsys):
+    from rl_maml.experiments.benchmark_distributed import main as benchmark
+
+    out = benchmark(["--config", "sinusoid", "--iterations", "3", "train.meta_batch_size=4", "model.hidden_sizes=[8]"])
+    assert set(out["rows"]) == {"1 process", "2 processes"}
+    assert all(r["iteration"] > 0 for r in out["rows"].values())
+    assert "| 2 processes |" in capsys.readouterr().out
