@@ -10,20 +10,29 @@ the field and the allowed values.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 
 @dataclass(frozen=True)
 class TaskField:
-    """One field of a task: uniform on ``[low, high]^shape``, or one of ``choices``."""
+    """One field of a task: uniform on ``[low, high]^shape``, or one of ``choices`` (equally
+    likely, or with the probabilities ``weights``)."""
 
     name: str
     shape: tuple[int, ...] = ()
     low: float | None = None
     high: float | None = None
     choices: tuple[float, ...] | None = None
+    weights: tuple[float, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.weights is not None and (self.choices is None or len(self.weights) != len(self.choices) or
+                                         any(not w >= 0 for w in self.weights) or
+                                         not np.isclose(sum(self.weights), 1.0)):
+            raise ValueError(f"task field {self.name!r}: weights must be one probability per choice, summing to 1; "
+                             f"got {self.weights} for {self.choices}")
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -32,8 +41,9 @@ class TaskField:
         return f"within [{self.low:g}, {self.high:g}]{dims}"
 
     def sample(self, n: int, rng: np.random.Generator) -> np.ndarray:
-        if self.choices is not None:
-            return rng.choice(np.asarray(self.choices, dtype=np.float64), size=(n, *self.shape))
+        if self.choices is not None:  # without weights, the draws of equally likely choices as before
+            return rng.choice(np.asarray(self.choices, dtype=np.float64), size=(n, *self.shape),
+                              **({} if self.weights is None else {"p": np.asarray(self.weights)}))
         return rng.uniform(self.low, self.high, size=(n, *self.shape))
 
     def check(self, value: object, batched: bool) -> np.ndarray:
@@ -71,6 +81,18 @@ class TaskSpace:
     def sample(self, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         """``n`` tasks as a dict of arrays with leading axis ``n`` (fields drawn in order)."""
         return {f.name: f.sample(n, rng) for f in self.fields}
+
+    def weighted(self, name: str, weights: Mapping[float, float]) -> TaskSpace:
+        """The same space with field ``name``'s choices drawn with probabilities ``{choice: p}``."""
+        fields = []
+        for f in self.fields:
+            if f.name == name:
+                if f.choices is None or set(weights) != set(f.choices):
+                    raise ValueError(f"task field {name!r}: weights must give each of its choices {f.choices}, "
+                                     f"got {sorted(weights)}")
+                f = replace(f, weights=tuple(float(weights[c]) for c in f.choices))
+            fields.append(f)
+        return TaskSpace(self.family, tuple(fields))
 
     def _check_keys(self, task: Mapping) -> None:
         if not isinstance(task, Mapping):

@@ -66,6 +66,11 @@ class EnvConfig:
     ``my_module:MyMeta-v0`` to import the module that registers it first. ``name``,
     ``convention``, ``action_scale``, ``cost_on_clipped`` and ``goal_region`` then do not apply;
     ``horizon`` defaults to the spec's ``max_episode_steps``."""
+    forward_fraction: float | None = None
+    """HalfCheetahDir and AntDir only: the probability of a forward task (direction +1) in the
+    task distribution (training, and sampled test tasks), null: 1/2, as the MAML paper's final
+    code. The paper's evaluated AntDir snapshot was trained with the code of the ICML deadline,
+    whose goals U(0.1, 0.8) ran forward from 0.4: a forward fraction of 4/7 (docs/locomotion.md)."""
     vectorization: Literal["sync", "async"] = "sync"
     """With ``id``: step the episodes in one process (sync; cheap envs) or one process per env
     (async; slow envs), through Gymnasium's vector envs."""
@@ -97,7 +102,8 @@ class EnvConfig:
         if self.id is not None:
             if not self.id.strip():
                 raise ConfigError("env.id must name a registered Gymnasium env (or be null for env.name)")
-            given = [k for k in ("action_scale", "cost_on_clipped", "goal_region") if getattr(self, k) is not None]
+            given = [k for k in ("action_scale", "cost_on_clipped", "goal_region", "forward_fraction")
+                     if getattr(self, k) is not None]
             if given:
                 raise ConfigError(f"env.{given[0]} applies to the built-in families, not to env.id={self.id!r}; "
                                   f"leave it null")
@@ -117,6 +123,11 @@ class EnvConfig:
         if self.cost_on_clipped is not None and self.name == "Navigation2D":
             raise ConfigError("env.cost_on_clipped applies to the locomotion families (Navigation2D has no "
                               "control cost); leave it null")
+        if self.forward_fraction is not None and self.name not in ("HalfCheetahDir", "AntDir"):
+            raise ConfigError(f"env.forward_fraction applies to the direction families (HalfCheetahDir, AntDir), "
+                              f"not {self.name}; leave it null")
+        if self.forward_fraction is not None and not 0 < self.forward_fraction < 1:
+            raise ConfigError(f"env.forward_fraction is a probability in (0, 1) (null: 1/2), got {self.forward_fraction}")
         if self.goal_region is not None and self.name != "Navigation2D":
             raise ConfigError(f"env.goal_region applies to Navigation2D only ({self.name} has no goal region); "
                               f"leave it null")
@@ -149,10 +160,14 @@ class EnvConfig:
         if self.backend == "warp":
             sizes = {k: v for k, v in (("nconmax", self.nconmax), ("njmax", self.njmax)) if v is not None}
             try:
-                return make_batched(self.name, num_envs, backend="warp", device=device, **self.kwargs(), **sizes)
+                env = make_batched(self.name, num_envs, backend="warp", device=device, **self.kwargs(), **sizes)
             except ImportError as e:
                 raise ConfigError(str(e)) from None
-        return make_batched(self.name, num_envs, device=device, **self.kwargs())
+        else:
+            env = make_batched(self.name, num_envs, device=device, **self.kwargs())
+        if self.forward_fraction is not None:  # this env's task distribution only
+            env.TASKS = env.TASKS.weighted("direction", {-1.0: 1 - self.forward_fraction, 1.0: self.forward_fraction})
+        return env
 
 
 @dataclass

@@ -171,6 +171,8 @@ def test_resume_is_exact(tmp_path):
     ("navigation", "env.cost_on_clipped=true", "env.cost_on_clipped applies to the locomotion families"),
     ("half_cheetah_dir_maml", "env.goal_region=disc", "env.goal_region applies to Navigation2D only"),
     ("navigation", "env.goal_region=circle", "env.goal_region: expected one of 'square', 'disc' or null, got 'circle'"),
+    ("ant_vel_maml", "env.forward_fraction=0.6", "env.forward_fraction applies to the direction families"),
+    ("ant_dir_maml", "env.forward_fraction=1.0", "env.forward_fraction is a probability in (0, 1)"),
     ("navigation", "train.device=gpu", "train.device 'gpu' is not a torch device (use cpu, cuda, cuda:N or auto)"),
 ])
 def test_rl_config_errors(preset, override, message, tmp_path, capsys):
@@ -326,3 +328,26 @@ def test_a_resumed_run_may_take_other_thread_counts(tmp_path, capsys):
     assert main(["train", "--run-dir", str(run), "--resume", "--no-progress", "train.num_iterations=3",
                  "trpo.max_kl=0.02"]) == 2
     assert "'trpo.max_kl'" in capsys.readouterr().err
+
+
+def test_forward_fraction_weights_the_direction_tasks():
+    """env.forward_fraction: the batched env draws forward tasks with that probability; without it
+    the draws are those of the equally likely choices, unchanged."""
+    import numpy as np
+
+    from rl_maml.api import load_config
+    from rl_maml.envs.tasks import CHEETAH_DIR_TASKS, TaskField
+
+    skewed = load_config("half_cheetah_dir_maml", ["env.forward_fraction=0.8"]).env.make(2, torch.device("cpu"))
+    plain = load_config("half_cheetah_dir_maml").env.make(2, torch.device("cpu"))
+    forward = (skewed.sample_tasks(20000, np.random.default_rng(0))["direction"] > 0).mean()
+    assert abs(forward - 0.8) < 0.01
+    assert np.array_equal(plain.sample_tasks(50, np.random.default_rng(1))["direction"],
+                          np.random.default_rng(1).choice([-1.0, 1.0], size=50))
+    assert plain.TASKS is CHEETAH_DIR_TASKS  # the family's own space is left alone
+    preset = load_config("ant_dir_maml_icml")
+    assert preset.env.forward_fraction == pytest.approx(4 / 7)
+    with pytest.raises(ValueError, match="one probability per choice"):
+        TaskField("direction", choices=(-1.0, 1.0), weights=(0.5, 0.6))
+    with pytest.raises(ValueError, match="must give each of its choices"):
+        CHEETAH_DIR_TASKS.weighted("direction", {1.0: 1.0})
