@@ -226,10 +226,7 @@ def evaluate_tasks(learner: SupervisedLearner, sampler: FewShotTasks, num_tasks:
                 index += 1
                 bar.update(n)
     accuracies = torch.cat(out, dim=1)
-    if shard is None:
-        return accuracies
-    # each task's column is nonzero on one rank; reduced on the run's device (nccl has no CPU tensors)
-    return shard.sum_tensor(accuracies.to(device)).cpu()
+    return accuracies if shard is None else shard.sum_tensor(accuracies)  # each task's column is nonzero on one rank
 
 
 def train(cfg: FewShotConfig, run_dir: Path, resume: bool, progress: bool = True) -> dict[str, float]:

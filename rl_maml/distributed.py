@@ -121,7 +121,7 @@ def world() -> tuple[int, int]:
 
 def context(total_tasks: int, device: torch.device | str = "cpu") -> TaskShard | None:
     """This process's :class:`TaskShard` under torchrun (initialising the process group: gloo on
-    the CPU, nccl on CUDA), or ``None`` in a single process."""
+    the CPU; on CUDA nccl for CUDA tensors and gloo for CPU ones), or ``None`` in a single process."""
     rank, world_size = world()
     if world_size <= 1:
         return None
@@ -129,7 +129,9 @@ def context(total_tasks: int, device: torch.device | str = "cpu") -> TaskShard |
         cuda = torch.device(device).type == "cuda"
         if cuda:  # one GPU per process: "cuda" then means this node's GPU LOCAL_RANK
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        # nccl reduces CUDA tensors only; the small CPU reductions (loop control, flags, the
+        # parameter check, validation counts) go through gloo in the same group
+        dist.init_process_group(backend="cpu:gloo,cuda:nccl" if cuda else "gloo")
         atexit.register(_shutdown)
     return shard_of(total_tasks, rank, world_size)
 
