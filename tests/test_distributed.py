@@ -223,3 +223,25 @@ def test_benchmark_times_a_supervised_config_in_one_and_two_processes(capsys):
     assert set(out["rows"]) == {"1 process", "2 processes"}
     assert all(r["iteration"] > 0 for r in out["rows"].values())
     assert "| 2 processes |" in capsys.readouterr().out
+
+
+def test_a_cuda_run_reduces_cpu_tensors_through_gloo(monkeypatch):
+    """On CUDA the group pairs nccl (CUDA tensors) with gloo: the samplers' loop control, the stop
+    flag and the parameter check reduce CPU tensors, which nccl alone refuses."""
+    import torch.distributed as dist
+
+    from rl_maml import distributed
+
+    calls = []
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend: calls.append(backend))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(index))
+    monkeypatch.setattr(distributed.atexit, "register", lambda fn: None)
+    shard = distributed.context(5, "cuda")
+    assert calls == [1, "cpu:gloo,cuda:nccl"] and (shard.offset, shard.count) == (3, 2)
+    calls.clear()
+    distributed.context(5, "cpu")
+    assert calls == ["gloo"]
