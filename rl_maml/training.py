@@ -112,10 +112,9 @@ class Trainer:
             a run resumes from are dropped, so a resumed run's curve has no duplicates.
         validate_every: see ``validate`` (0: never). Under torch.distributed every rank calls
             ``validate`` (which may split its work over the ranks); rank 0 writes the results.
-        is_main: whether this process writes (rank 0 under torch.distributed).
-        shard: this rank's :class:`~rl_maml.distributed.TaskShard` under torch.distributed: a stop
-            request (Ctrl-C, SIGTERM) that reaches any rank then stops every rank after the same
-            iteration, once rank 0 has checkpointed it.
+        shard: this rank's :class:`~rl_maml.distributed.TaskShard` under torch.distributed. Only
+            rank 0 writes logs, checkpoints and curves, and a stop request (Ctrl-C, SIGTERM) that
+            reaches any rank stops every rank after the same iteration, once rank 0 has saved it.
     """
 
     def __init__(
@@ -131,7 +130,6 @@ class Trainer:
         progress_keys: tuple[str, ...] = ("losses/",),
         validate: Callable[[int], dict[str, float]] | None = None,
         validate_every: int = 0,
-        is_main: bool = True,
         shard=None,
     ):
         self.run_dir = Path(run_dir)
@@ -148,7 +146,7 @@ class Trainer:
         self.validate_every = validate_every
         self.curve_path = self.run_dir / "validation.jsonl"
         # Under torch.distributed only rank 0 writes (logs, checkpoints, curves); the others train.
-        self.is_main = is_main if shard is None else shard.is_main
+        self.is_main = shard is None or shard.is_main
         self.shard = shard
         # Cumulative cost of the run, kept in every checkpoint and carried over by resume:
         # seconds spent in iterations and, for learners that report charts/env_steps, env steps.
