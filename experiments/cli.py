@@ -340,6 +340,42 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``rl-maml`` command and return its exit status. Under torchrun (``WORLD_SIZE`` > 1)
+    the process ends here instead, through :func:`_end_rank`."""
+    code = _main(argv)
+    if _world_size_from_env() > 1:
+        _end_rank(code)
+    return code
+
+
+def _world_size_from_env() -> int:
+    import os
+
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+def _end_rank(code: int) -> None:
+    """End a torchrun rank without the interpreter's teardown: flush the standard streams, then
+    ``os._exit``. Everything a run writes is closed by then (checkpoints, TensorBoard, the run
+    lock) and :func:`rl_maml.distributed.finish` has ended the process group on every rank. What
+    is skipped is the exit-time destruction of C++ statics and of gloo's worker threads, where a
+    rank could still abort ("terminate called without an active exception", SIGABRT) after the
+    run had succeeded (in a few percent of two-process test runs), and torchrun then reported the
+    whole run as failed."""
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe or stream: nothing more can reach it
+            pass
+    os._exit(code)
+
+
+def _main(argv: list[str] | None) -> int:
     from rl_maml import runtime
 
     runtime.apply(tune_malloc=True)  # runs are long and own the machine: reuse freed memory (rl_maml.runtime)

@@ -103,6 +103,24 @@ def test_finish_waits_for_the_ranks_and_ends_the_process_group(tmp_path):
             dist.destroy_process_group()
 
 
+def test_a_torchrun_rank_ends_without_the_interpreter_teardown():
+    """Under torchrun the CLI leaves through os._exit once the command is done: its output is
+    flushed and its exit status kept, but no exit-time teardown runs (where gloo's threads could
+    abort a rank whose run had succeeded)."""
+    code = ("import atexit, sys; atexit.register(lambda: print('TEARDOWN', flush=True)); "
+            "from rl_maml.experiments.cli import main; main(sys.argv[1:]); print('RETURNED')")
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "1", "OMP_NUM_THREADS": "1"}
+    ok = subprocess.run([sys.executable, "-c", code, "presets"], capture_output=True, text=True, timeout=120, env=env)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert "navigation" in ok.stdout and "TEARDOWN" not in ok.stdout and "RETURNED" not in ok.stdout
+    bad = subprocess.run([sys.executable, "-c", code, "config", "no_such_preset"], capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert bad.returncode == 2 and "no_such_preset" in bad.stderr and "TEARDOWN" not in bad.stdout
+    alone = subprocess.run([sys.executable, "-c", code, "presets"], capture_output=True, text=True, timeout=120,
+                           env={k: v for k, v in env.items() if k not in ("WORLD_SIZE", "RANK")})
+    assert alone.returncode == 0 and "RETURNED" in alone.stdout and "TEARDOWN" in alone.stdout
+
+
 STOP_WORKER = '''
 import os, signal, sys
 from pathlib import Path
