@@ -32,7 +32,7 @@ PRESETS = Path(__file__).resolve().parent / "configs"
 # thread count can change floating-point rounding, not the method; a resume that changes it is
 # no longer bit-identical to an uninterrupted run).
 RESUMABLE_CHANGES = {"train.num_iterations", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                     "train.num_threads", "train.meta_step_threads"}
+                     "train.num_threads", "train.meta_step_threads", "eval.keep_best"}
 
 
 def presets() -> dict[str, Path]:
@@ -229,31 +229,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    """A run's config and newest checkpoint as a small folder to commit or share (a run folder
-    that ``rl-maml eval`` and ``rl-maml train --resume`` accept once copied), with ``run.json``:
-    the iteration, env steps and wall-clock time the checkpoint records, and the command."""
+    """A run's config and newest checkpoint (or ``--checkpoint``) as a small folder to commit or
+    share (a run folder that ``rl-maml eval`` and ``rl-maml train --resume`` accept once copied),
+    with ``run.json``: the iteration, env steps and wall-clock time the checkpoint records, and the
+    command."""
     import json
     import shutil
 
-    from rl_maml.checkpoint import atomic_write_bytes
+    from rl_maml.checkpoint import atomic_write_bytes, checkpoint_path
     from rl_maml.training import checkpoint_totals
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder: {run_dir / 'config.yaml'} does not exist")
-    checkpoint = latest_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint: train the run first")
+    if args.checkpoint is not None:
+        source = Path(args.checkpoint)
+        totals = checkpoint_totals(source)  # a missing or damaged file is named here, before anything is written
+    else:
+        source = latest_checkpoint(run_dir / "checkpoints")
+        if source is None:
+            raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint: train the run first")
+        totals = checkpoint_totals(source)
+    name = checkpoint_path(Path("checkpoints"), totals["iteration"])
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
-    shutil.copyfile(checkpoint, out / "checkpoints" / checkpoint.name)
+    shutil.copyfile(source, out / name)
     for _, older in list_checkpoints(out / "checkpoints"):
-        if older.name != checkpoint.name:
-            older.unlink()  # the folder holds one checkpoint: the newest
-    info = {"checkpoint": f"checkpoints/{checkpoint.name}", **checkpoint_totals(checkpoint),
-            "command": args.command}
+        if older.name != name.name:
+            older.unlink()  # the folder holds one checkpoint: the exported one
+    info = {"checkpoint": name.as_posix(), **totals, "command": args.command}
     atomic_write_bytes(out / "run.json", (json.dumps(info, indent=2) + "\n").encode())
-    print(f"written: {out} ({checkpoint.name}, config.yaml, run.json)")
+    print(f"written: {out} ({name.name}{f' from {source.name}' if source.name != name.name else ''}, "
+          "config.yaml, run.json)")
     return 0
 
 
@@ -330,6 +337,9 @@ def parser() -> argparse.ArgumentParser:
     x.add_argument("run_dir")
     x.add_argument("--out", required=True, help="the folder to write")
     x.add_argument("--command", default=None, help="the command(s) that produced the run, recorded in run.json")
+    x.add_argument("--checkpoint", default=None,
+                   help="export this checkpoint file instead of the newest, e.g. RUN_DIR/checkpoints/best.pt "
+                        "(it is written as iter_<its iteration>.pt, so the folder resumes from it)")
     x.set_defaults(func=cmd_export)
     d = sub.add_parser("download", help="download a data set's official files (checksums verified)")
     d.add_argument("dataset", choices=["omniglot"], help="MiniImageNet has no official download (see the README)")

@@ -99,6 +99,10 @@ class FewShotEvalConfig:
     """Validate every this many meta-iterations (0: never); the learning curve."""
     val_tasks: int = 200
     """Validation tasks (drawn from the validation classes with a fixed seed)."""
+    keep_best: bool = False
+    """Keep the checkpoint with the best validation accuracy (after the most inner steps
+    validated) as checkpoints/best.pt, described by checkpoints/best.json: model selection on the
+    validation classes. Evaluate it with rl-maml eval RUN --checkpoint RUN/checkpoints/best.pt."""
     score_steps: list[int] | None = None
     """Score the test tasks only after these step counts, e.g. [0, 1, 5, 10] (null: after every one
     of 0..max_steps). A query pass costs about as much as an inner step, so scoring only after
@@ -114,6 +118,9 @@ class FewShotEvalConfig:
                               "eval.chunk_size >= 1")
         if self.val_every < 0 or self.val_tasks < 1:
             raise ConfigError("eval.val_every must be >= 0 and eval.val_tasks >= 1")
+        if self.keep_best and not self.val_every:
+            raise ConfigError("eval.keep_best selects on the validation curve, which eval.val_every=0 turns off; "
+                              "give eval.val_every > 0 (e.g. 500) or eval.keep_best=false")
 
 
 @dataclass
@@ -255,7 +262,8 @@ def train(cfg: FewShotConfig, run_dir: Path, resume: bool, progress: bool = True
 
     trainer = Trainer(run_dir, {cfg.method: learner}, sample_batch, cfg.train.num_iterations, cfg.train.checkpoint_every,
                       cfg.train.keep_checkpoints, cfg.train.log_every, progress, validate=validate,
-                      validate_every=cfg.eval.val_every, shard=shard)
+                      validate_every=cfg.eval.val_every, shard=shard,
+                      keep_best=f"val/accuracy_after_{val_steps}_steps" if cfg.eval.keep_best else None)
     start = trainer.resume(str(device)) if resume else 0
     return trainer.run(start)
 

@@ -52,6 +52,25 @@ def save_learners(path: Path, iteration: int, learners: Mapping[str, Learner],
     save_checkpoint(path, state)
 
 
+BEST_CHECKPOINT = "best.pt"
+BEST_RECORD = "best.json"
+
+
+def best_record(ckpt_dir: Path) -> dict | None:
+    """What ``ckpt_dir/best.json`` says of the best checkpoint (``iteration``, ``metric``, ``mode``,
+    ``value``), or ``None`` when the run keeps none."""
+    path = Path(ckpt_dir) / BEST_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        return {"iteration": int(record["iteration"]), "metric": str(record["metric"]),
+                "mode": str(record["mode"]), "value": float(record["value"])}
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is damaged ({type(e).__name__}: {e}); delete it (and {BEST_CHECKPOINT} "
+                              "beside it, if it is not wanted) to start selecting afresh") from None
+
+
 def checkpoint_totals(path: Path) -> dict[str, float]:
     """What a run had spent when checkpoint ``path`` was written: ``iteration``, ``wall_clock_s``
     (seconds of iterations, summed over resumed pieces) and ``env_steps`` (meta-RL), as far as recorded."""
@@ -112,6 +131,12 @@ class Trainer:
             a run resumes from are dropped, so a resumed run's curve has no duplicates.
         validate_every: see ``validate`` (0: never). Under torch.distributed every rank calls
             ``validate`` (which may split its work over the ranks); rank 0 writes the results.
+        keep_best: a metric that ``validate`` returns: the learners at the validation with its
+            best value so far are kept as ``checkpoints/best.pt`` (a checkpoint like the others,
+            never pruned, that ``rl-maml eval --checkpoint`` and ``rl-maml export --checkpoint``
+            take), described by ``checkpoints/best.json``. Model selection on validation tasks,
+            as MAML++ selects its models. ``None``: no best checkpoint is kept.
+        best_mode: ``"max"`` (accuracies, returns) or ``"min"`` (losses): which values are better.
         shard: this rank's :class:`~rl_maml.distributed.TaskShard` under torch.distributed. Only
             rank 0 writes logs, checkpoints and curves, and a stop request (Ctrl-C, SIGTERM) that
             reaches any rank stops every rank after the same iteration, once rank 0 has saved it.
@@ -131,7 +156,14 @@ class Trainer:
         validate: Callable[[int], dict[str, float]] | None = None,
         validate_every: int = 0,
         shard=None,
+        keep_best: str | None = None,
+        best_mode: str = "max",
     ):
+        if best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min', got {best_mode!r}")
+        if keep_best is not None and not (validate is not None and validate_every):
+            raise ValueError(f"keep_best={keep_best!r} selects on validation metrics, but this run does not validate "
+                             "(give validate and validate_every > 0)")
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.learners = dict(learners)
@@ -148,6 +180,9 @@ class Trainer:
         # Under torch.distributed only rank 0 writes (logs, checkpoints, curves); the others train.
         self.is_main = shard is None or shard.is_main
         self.shard = shard
+        self.keep_best = keep_best
+        self.best_mode = best_mode
+        self.best: dict | None = None  # the best validation so far: best.json's record
         # Cumulative cost of the run, kept in every checkpoint and carried over by resume:
         # seconds spent in iterations and, for learners that report charts/env_steps, env steps.
         self.totals = {"wall_clock_s": 0.0, "env_steps": 0.0}
@@ -163,15 +198,42 @@ class Trainer:
         if self.is_main and self.curve_path.is_file():
             kept = [line for line in self.curve_path.read_text().splitlines() if _curve_iteration(line) <= start]
             atomic_write_bytes(self.curve_path, "".join(f"{line}\n" for line in kept).encode())
+        if self.keep_best is not None:
+            record = best_record(self.ckpt_dir)
+            # A best from past the checkpoint resumed from belongs to iterations that are run again
+            # (and, with the same seed and threads, found again): it does not count against them.
+            if record is not None and record["metric"] == self.keep_best and record["mode"] == self.best_mode \
+                    and record["iteration"] <= start:
+                self.best = record
         return start
+
+    def _better(self, value: float) -> bool:
+        if value != value:  # NaN is never the best
+            return False
+        if self.best is None:
+            return True
+        return value > self.best["value"] if self.best_mode == "max" else value < self.best["value"]
+
+    def _keep_if_best(self, iteration: int, metrics: Mapping[str, float]) -> None:
+        if self.keep_best is None:
+            return
+        if self.keep_best not in metrics:
+            raise TrainingError(f"keep_best: validation returned no {self.keep_best!r}; it returned {sorted(metrics)}")
+        value = float(metrics[self.keep_best])
+        if not self._better(value):
+            return
+        self.best = {"iteration": iteration, "metric": self.keep_best, "mode": self.best_mode, "value": value}
+        if self.is_main:  # the checkpoint first: a record never names learners that were not written
+            save_learners(self.ckpt_dir / BEST_CHECKPOINT, iteration, self.learners, self.totals)
+            atomic_write_bytes(self.ckpt_dir / BEST_RECORD, (json.dumps(self.best, indent=2) + "\n").encode())
 
     def _validate(self, iteration: int, logger: RunLogger) -> dict[str, float]:
         metrics = self.validate(iteration)
         logger.log(iteration, metrics)
-        if not self.is_main:
-            return metrics
-        with open(self.curve_path, "a") as f:
-            f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
+        if self.is_main:
+            with open(self.curve_path, "a") as f:
+                f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
+        self._keep_if_best(iteration, metrics)
         return metrics
 
     def save(self, iteration: int) -> Path:

@@ -373,6 +373,38 @@ def test_miniimagenet_train_eval_resume_through_cli(tmp_path, capsys):
     assert "holds no validation rows" in capsys.readouterr().err
 
 
+def test_keep_best_selects_on_validation_and_exports_the_best_checkpoint(tmp_path, capsys):
+    make_miniimagenet(tmp_path / "mini", "csv", per_class=(6, 6))
+    common = [f"data.root={tmp_path / 'mini'}", f"data.cache_dir={tmp_path / 'cache'}", "task.num_query=2",
+              "model.hidden=4", "train.meta_batch_size=2", "train.checkpoint_every=2", "eval.num_query=3",
+              "eval.num_tasks=6", "eval.max_steps=2", "eval.val_tasks=4", "inner.num_inner_steps=1", "task.ways=2"]
+    run = tmp_path / "run"
+    assert main(["train", "miniimagenet_5w1s", "--run-dir", str(run), "train.num_iterations=2", "eval.val_every=1",
+                 *common, "--no-progress"]) == 0
+    assert not (run / "checkpoints" / "best.pt").exists()  # off unless asked for
+    # switched on when resuming (it changes nothing the run computes)
+    assert main(["train", "--resume", "--run-dir", str(run), "train.num_iterations=6", "eval.keep_best=true",
+                 "--no-progress"]) == 0
+    curve = [json.loads(line) for line in (run / "validation.jsonl").read_text().splitlines()][2:]
+    key = "val/accuracy_after_1_steps"
+    first_best = max(curve, key=lambda r: (r[key], -r["iteration"]))
+    record = json.loads((run / "checkpoints" / "best.json").read_text())
+    assert record == {"iteration": first_best["iteration"], "metric": key, "mode": "max", "value": first_best[key]}
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(tmp_path / "best"), "--checkpoint",
+                 str(run / "checkpoints" / "best.pt")]) == 0
+    info = json.loads((tmp_path / "best" / "run.json").read_text())
+    assert info["iteration"] == record["iteration"]
+    assert info["checkpoint"] == f"checkpoints/iter_{record['iteration']:07d}.pt"
+    assert [p.name for p in (tmp_path / "best" / "checkpoints").iterdir()] == [Path(info["checkpoint"]).name]
+    assert main(["eval", str(tmp_path / "best")]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "x"), "--checkpoint", str(run / "nothing.pt")]) == 2
+    assert "nothing.pt does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()
+    assert main(["train", "miniimagenet_5w1s", "--run-dir", str(tmp_path / "r2"), "eval.keep_best=true",
+                 "eval.val_every=0", *common, "--no-progress"]) == 2
+    assert "eval.keep_best" in capsys.readouterr().err
+
+
 def test_fewshot_config_errors(tmp_path, capsys):
     assert main(["train", "omniglot_5w1s", "--run-dir", str(tmp_path / "r"), "task.wayz=5"]) == 2
     assert "did you mean 'task.ways'" in capsys.readouterr().err

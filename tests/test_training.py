@@ -124,3 +124,81 @@ def test_a_signal_after_the_checkpoint_decision_still_checkpoints_what_it_report
     reported = int(info.value.args[0].split("after iteration ")[1].split()[0])
     assert reported >= 3
     assert [it for it, _ in list_checkpoints(tmp_path / "run" / "checkpoints")] == [reported]
+
+
+def scripted_trainer(cfg, run_dir, values, mode="max"):
+    """A trainer whose validation returns ``values[iteration]`` as ``val/score`` every 2 iterations."""
+    learners = build_learners(cfg, torch.device("cpu"))
+    tasks = make_tasks(cfg)
+
+    def sample(iteration):
+        return tasks.sample(5, 10, 10, torch_generator(cfg.seed, "sinusoid-train", iteration))
+
+    return Trainer(run_dir, learners, sample, cfg.train.num_iterations, 2, 100, 2, progress=False,
+                   validate=lambda it: {"val/score": values[it], "val/other": 0.0}, validate_every=2,
+                   keep_best="val/score", best_mode=mode)
+
+
+def same_parameters(a, b):
+    ma, mb = a["learners"]["maml"]["module"], b["learners"]["maml"]["module"]
+    return all(torch.equal(ma[k], mb[k]) for k in ma)
+
+
+def test_keep_best_keeps_the_learners_of_the_best_validation(tmp_path):
+    import json
+
+    from rl_maml.checkpoint import latest_checkpoint, load_checkpoint
+
+    cfg = tiny_config(num_iterations=8)
+    scripted_trainer(cfg, tmp_path / "max", {2: 0.5, 4: 0.9, 6: math.nan, 8: 0.7}).run()
+    ck = tmp_path / "max" / "checkpoints"
+    assert json.loads((ck / "best.json").read_text()) == {"iteration": 4, "metric": "val/score", "mode": "max",
+                                                          "value": 0.9}
+    best = load_checkpoint(ck / "best.pt")
+    assert best["iteration"] == 4 and same_parameters(best, load_checkpoint(ck / "iter_0000004.pt"))
+    assert not same_parameters(best, load_checkpoint(ck / "iter_0000008.pt"))
+    assert latest_checkpoint(ck).name == "iter_0000008.pt"  # a resume continues from the newest, not the best
+
+    scripted_trainer(cfg, tmp_path / "min", {2: 0.5, 4: 0.9, 6: 0.2, 8: 0.7}, mode="min").run()
+    assert json.loads((tmp_path / "min" / "checkpoints" / "best.json").read_text())["iteration"] == 6
+
+
+def test_a_resumed_run_keeps_its_best_unless_it_lies_past_the_resume_point(tmp_path):
+    import json
+
+    cfg = tiny_config(num_iterations=8)
+    run = tmp_path / "run"
+    scripted_trainer(cfg, run, {2: 0.5, 4: 0.9, 6: 0.8, 8: 0.7}).run()
+    cfg = tiny_config(num_iterations=12)
+    resumed = scripted_trainer(cfg, run, {10: 0.85, 12: 0.6})
+    resumed.run(resumed.resume())
+    assert json.loads((run / "checkpoints" / "best.json").read_text())["iteration"] == 4  # 0.85 < 0.9
+
+    # Back to iteration 2 (newer checkpoints gone): the best at 4 is from iterations run again, so
+    # it no longer counts; the run's own validations choose.
+    for later in ("iter_0000004.pt", "iter_0000006.pt", "iter_0000008.pt", "iter_0000010.pt", "iter_0000012.pt"):
+        (run / "checkpoints" / later).unlink(missing_ok=True)
+    again = scripted_trainer(tiny_config(num_iterations=6), run, {4: 0.3, 6: 0.4})
+    assert again.resume() == 2
+    again.run(2)
+    assert json.loads((run / "checkpoints" / "best.json").read_text())["iteration"] == 6
+
+
+def test_keep_best_errors_name_the_problem(tmp_path):
+    cfg = tiny_config(num_iterations=2)
+    learners = build_learners(cfg, torch.device("cpu"))
+    with pytest.raises(ValueError, match="does not validate"):
+        Trainer(tmp_path, learners, lambda it: None, 2, keep_best="val/score")
+    with pytest.raises(ValueError, match="best_mode"):
+        Trainer(tmp_path, learners, lambda it: None, 2, validate=lambda it: {}, validate_every=1,
+                keep_best="val/score", best_mode="largest")
+    from rl_maml.training import TrainingError
+
+    trainer = scripted_trainer(cfg, tmp_path / "r", {2: 1.0})
+    trainer.keep_best = "val/accuracy"
+    with pytest.raises(TrainingError, match="no 'val/accuracy'.*val/other"):
+        trainer.run()
+    (tmp_path / "r" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "r" / "checkpoints" / "best.json").write_text("{not json")
+    with pytest.raises(Exception, match="best.json is damaged"):
+        scripted_trainer(cfg, tmp_path / "r", {2: 1.0}).resume()
