@@ -237,7 +237,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
     from rl_maml.checkpoint import atomic_write_bytes, checkpoint_path
-    from rl_maml.training import checkpoint_totals
+    from rl_maml.training import BEST_CHECKPOINT, BEST_RECORD, best_record, checkpoint_totals
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     if not (run_dir / "config.yaml").is_file():
@@ -251,16 +251,30 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint: train the run first")
         totals = checkpoint_totals(source)
     name = checkpoint_path(Path("checkpoints"), totals["iteration"])
+    # The run's best checkpoint by validation (eval.keep_best) travels with its newest, so that a
+    # resumed copy goes on selecting; exporting the best itself (or a run without one) leaves none.
+    ckpts = run_dir / "checkpoints"
+    record = best_record(ckpts) if (ckpts / BEST_CHECKPOINT).is_file() else None
+    keep_best = args.checkpoint is None and record is not None and record["iteration"] <= totals["iteration"]
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run_dir / "config.yaml", out / "config.yaml")
     shutil.copyfile(source, out / name)
     for _, older in list_checkpoints(out / "checkpoints"):
         if older.name != name.name:
             older.unlink()  # the folder holds one checkpoint: the exported one
+    for filename in (BEST_CHECKPOINT, BEST_RECORD):
+        if keep_best:
+            shutil.copyfile(ckpts / filename, out / "checkpoints" / filename)
+        else:
+            (out / "checkpoints" / filename).unlink(missing_ok=True)
     info = {"checkpoint": name.as_posix(), **totals, "command": args.command}
+    if keep_best:
+        info["best"] = {"checkpoint": f"checkpoints/{BEST_CHECKPOINT}", **record}
     atomic_write_bytes(out / "run.json", (json.dumps(info, indent=2) + "\n").encode())
-    print(f"written: {out} ({name.name}{f' from {source.name}' if source.name != name.name else ''}, "
-          "config.yaml, run.json)")
+    extra = f" from {source.name}" if source.name != name.name else ""
+    if keep_best:
+        extra += f", {BEST_CHECKPOINT} (iteration {info['best']['iteration']})"
+    print(f"written: {out} ({name.name}{extra}, config.yaml, run.json)")
     return 0
 
 

@@ -398,6 +398,15 @@ def test_keep_best_selects_on_validation_and_exports_the_best_checkpoint(tmp_pat
     assert info["checkpoint"] == f"checkpoints/iter_{record['iteration']:07d}.pt"
     assert [p.name for p in (tmp_path / "best" / "checkpoints").iterdir()] == [Path(info["checkpoint"]).name]
     assert main(["eval", str(tmp_path / "best")]) == 0
+    # a plain export carries the best beside the newest, so a resumed copy goes on selecting
+    assert main(["export", str(run), "--out", str(tmp_path / "newest")]) == 0
+    info = json.loads((tmp_path / "newest" / "run.json").read_text())
+    assert info["iteration"] == 6 and info["best"] == {"checkpoint": "checkpoints/best.pt", **record}
+    assert sorted(p.name for p in (tmp_path / "newest" / "checkpoints").iterdir()) == \
+        ["best.json", "best.pt", "iter_0000006.pt"]
+    assert main(["export", str(run), "--out", str(tmp_path / "newest"), "--checkpoint",
+                 str(run / "checkpoints" / "best.pt")]) == 0  # the same folder, now the best alone
+    assert [p.name for p in (tmp_path / "newest" / "checkpoints").iterdir()] == [f"iter_{record['iteration']:07d}.pt"]
     assert main(["export", str(run), "--out", str(tmp_path / "x"), "--checkpoint", str(run / "nothing.pt")]) == 2
     assert "nothing.pt does not exist" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert main(["train", "miniimagenet_5w1s", "--run-dir", str(tmp_path / "r2"), "eval.keep_best=true",
