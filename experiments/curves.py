@@ -101,7 +101,13 @@ def write_validation_curves(run_dir: Path, out: Path, title: str | None = None, 
     """``validation.csv`` and ``validation.png`` of a run that validates as it trains (see the module's docstring)."""
     rows = read_validation(run_dir, scalars)
     if history is not None:
-        rows = read_history(history, rows[0]["iteration"]) + rows
+        # Earlier rows come first; and where the run's own rows predate its TensorBoard events (a
+        # run resumed from an exported checkpoint keeps the whole validation.jsonl but has only
+        # its own events), the history's row of the same iteration supplies what is missing
+        # (its wall-clock time); the run's own values win.
+        earlier = {r["iteration"]: r for r in read_history(history, rows[-1]["iteration"] + 1)}
+        rows = [r for i, r in sorted(earlier.items()) if i < rows[0]["iteration"]] + \
+            [{**earlier.get(r["iteration"], {}), **r} for r in rows]
     out.mkdir(parents=True, exist_ok=True)
     metrics = sorted({k for r in rows for k in r if k.startswith("val/")},
                      key=lambda k: (k.rsplit("_after_", 1)[0], int(k.rsplit("_after_", 1)[-1].split("_")[0])

@@ -367,6 +367,16 @@ def test_miniimagenet_train_eval_resume_through_cli(tmp_path, capsys):
     assert main(["curves", str(run), "--out", str(tmp_path / "c2"), "--history", str(earlier)]) == 0
     rows = list(csv.DictReader(open(tmp_path / "c2" / "validation.csv")))
     assert [int(r["iteration"]) for r in rows] == [1, 2, 4] and float(rows[1]["val/accuracy_after_1_steps"]) != 0.99
+    # rows of validation.jsonl from before the run's own events take their wall-clock time from the history
+    lines = (run / "validation.jsonl").read_text()
+    (run / "validation.jsonl").write_text('{"iteration": 1, "val/accuracy_after_1_steps": 0.3}\n' + lines)
+    earlier.write_text("iteration,wall_clock_s,val/accuracy_after_1_steps\n1,0.5,0.25\n2,99.0,0.99\n")
+    assert main(["curves", str(run), "--out", str(tmp_path / "c4"), "--history", str(earlier)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "c4" / "validation.csv")))
+    assert [(int(r["iteration"]), float(r["wall_clock_s"]), float(r["val/accuracy_after_1_steps"])) for r in rows][0] \
+        == (1, 0.5, 0.3)
+    assert float(rows[1]["wall_clock_s"]) != 99.0  # the run's own time wins
+    (run / "validation.jsonl").write_text(lines)
     (run / "validation.jsonl").write_text('{"iteration": 2, "val/acc')  # only a torn line
     capsys.readouterr()
     assert main(["curves", str(run), "--out", str(tmp_path / "c3")]) == 2
