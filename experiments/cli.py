@@ -242,14 +242,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     run_dir, out = Path(args.run_dir), Path(args.out)
     if not (run_dir / "config.yaml").is_file():
         raise ConfigError(f"{run_dir} is not a run folder: {run_dir / 'config.yaml'} does not exist")
-    if args.checkpoint is not None:
-        source = Path(args.checkpoint)
-        totals = checkpoint_totals(source)  # a missing or damaged file is named here, before anything is written
-    else:
-        source = latest_checkpoint(run_dir / "checkpoints")
-        if source is None:
-            raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint: train the run first")
-        totals = checkpoint_totals(source)
+    source = Path(args.checkpoint) if args.checkpoint is not None else latest_checkpoint(run_dir / "checkpoints")
+    if source is None:
+        raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint: train the run first")
+    totals = checkpoint_totals(source)  # a missing or damaged file is named here, before anything is written
     name = checkpoint_path(Path("checkpoints"), totals["iteration"])
     # The run's best checkpoint by validation (eval.keep_best) travels with its newest, so that a
     # resumed copy goes on selecting; exporting the best itself (or a run without one) leaves none.
@@ -366,19 +362,12 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one ``rl-maml`` command and return its exit status. Under torchrun (``WORLD_SIZE`` > 1)
     the process ends here instead, through :func:`_end_rank`."""
+    from rl_maml.distributed import world
+
     code = _main(argv)
-    if _world_size_from_env() > 1:
+    if world()[1] > 1:
         _end_rank(code)
     return code
-
-
-def _world_size_from_env() -> int:
-    import os
-
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        return 1
 
 
 def _end_rank(code: int) -> None:
