@@ -16,6 +16,7 @@ presets`` lists them). ``key=value`` overrides use dotted keys (``train.num_iter
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
@@ -205,7 +206,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     locked = run_dir if args.out is None else out
     locked.mkdir(parents=True, exist_ok=True)
     with RunLock(locked, "eval"):
-        module.evaluate(cfg, run_dir, checkpoint, out=out)
+        # meta-RL and few-shot evaluations show progress bars; the sinusoid's takes seconds and has none
+        shows_progress = "progress" in inspect.signature(module.evaluate).parameters
+        module.evaluate(cfg, run_dir, checkpoint, out=out, **({"progress": not args.no_progress} if shows_progress else {}))
     print((out / "results.md").read_text())
     print(f"written: {out} (results.json, results.md, figures)", file=sys.stderr)
     return 0
@@ -318,6 +321,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--overwrite", action="store_true", help="replace the results of an earlier evaluation")
     e.add_argument("--out", help="folder for the results (default: RUN_DIR/eval); with it the run folder is only "
                    "read, so a committed checkpoint folder can be evaluated in place")
+    e.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     e.set_defaults(func=cmd_eval)
     g = sub.add_parser("config", help="print a preset's resolved config, every key with its docstring")
     g.add_argument("config", help="YAML file or preset name")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import gymnasium
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 from rl_maml.agents.maml_trpo import AlphaMAMLTRPOAgent, MAMLTRPOAgent
 from rl_maml.agents.rl_baselines import TaskAugmentedBatchedEnv
 from rl_maml.envs import BatchedTaskEnv, make_batched
@@ -394,9 +395,11 @@ def train(cfg: MetaRLConfig, run_dir: Path, resume: bool, progress: bool = True)
     return trainer.run(start)
 
 
-def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | None = None) -> dict:
+def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | None = None,
+             progress: bool = True) -> dict:
     """Adapt to the test tasks; write results.json/.md and figures under ``out`` (default
-    ``run_dir/eval``), and the PPO baselines' cache under ``out/baselines``."""
+    ``run_dir/eval``), and the PPO baselines' cache under ``out/baselines``. ``progress``: progress
+    bars (on stderr) for the samplings and for PPO baselines being trained."""
     out = run_dir / "eval" if out is None else Path(out)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
@@ -425,7 +428,9 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
             torch.manual_seed(e.seed)
             policies[name] = make_policy(cfg, env, device)
         elif name == "pretrained":
-            policies[name] = reference_policy(cfg, out, name, device, own)
+            policies[name] = reference_policy(cfg, out, name, device, own, progress)
+    # (the PPO baselines train first, so that their progress bars come before the evaluation's)
+    oracle = reference_policy(cfg, out, "oracle", device, own, progress) if "oracle" in e.baselines else None
     methods, episodes = {}, {}
 
     # MAML adapts with its training's inner loop (Alpha MAML's with its learned alphas), the other
@@ -444,11 +449,17 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
     # as in training: the rollouts with train.num_threads, fits and inner updates with meta_step_threads
     batch_threads = cfg.train.meta_step_threads or os.cpu_count() or 1
 
+    # One bar over every sampling: each adapting policy and each extra draw samples after 0..num_steps
+    # steps, the oracle once.
+    samplings = (len(policies) + e.extra_draws) * (e.num_steps + 1) + ("oracle" in e.baselines)
+    bar = tqdm(total=samplings, desc="evaluate", unit="sampling", disable=not progress, dynamic_ncols=True)
+
     def adapt(name: str, policy: GaussianMLPPolicy, tasks: dict[str, torch.Tensor], seed: int):
+        bar.set_postfix_str(name)
         return adaptation_returns(policy, env, tasks, e.fast_batch_size, e.num_steps,
                                   inners[name], LinearFeatureBaseline(),
                                   cfg.train.gamma, cfg.train.gae_lambda, seed, steps_per_task=e.batch_steps,
-                                  batch_threads=batch_threads)
+                                  batch_threads=batch_threads, on_sample=lambda: bar.update(1))
 
     episode_counts = {}
     for name, policy in policies.items():
@@ -459,10 +470,11 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
         episode_counts[name] = [round(ep.mask[0].sum(1).mean().item(), 1) for ep in eps]
     if "oracle" in e.baselines:  # no adaptation: the same returns at every step
         oracle_env = TaskAugmentedBatchedEnv(env)
-        oracle = reference_policy(cfg, out, "oracle", device, own)
+        bar.set_postfix_str("oracle")
         seeds = episode_seeds(e.seed, "eval", 0, num_tasks=e.num_tasks, episodes_per_task=e.fast_batch_size)
         eps = sample_episodes(oracle_env, TaskBatchedModel(oracle), expand_params(params_of(oracle), e.num_tasks),
                               tasks, e.fast_batch_size, seeds, torch_generator(e.seed, "eval-actions", 0, device=device))
+        bar.update(1)
         per_task = eps.returns().mean(1).double().cpu()
         mean, ci = mean_ci95(per_task)
         methods["oracle"] = {"mean": [mean.item()] * (e.num_steps + 1), "ci95": [ci.item()] * (e.num_steps + 1),
@@ -479,6 +491,7 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
         draws = {"seeds": seeds, "tasks": "reference (new episodes)" if e.test_tasks == "reference" else "sampled",
                  "mean_per_draw": per_draw, "mean": per_draw_t.mean(0).tolist(),
                  "sd_over_draws": per_draw_t.std(0).tolist()}
+    bar.close()
     results = {
         "benchmark": "metarl", "env": cfg.env.label, "convention": None if cfg.env.id else cfg.env.convention,
         "metric": "mean undiscounted return per task (mean over test tasks, 95% CI)",
@@ -581,7 +594,7 @@ def baseline_cache(eval_dir: Path, name: str, e: RLEvalConfig, also: Path | None
 
 
 def reference_policy(cfg: MetaRLConfig, eval_dir: Path, name: str, device: torch.device,
-                     also: Path | None = None) -> GaussianMLPPolicy:
+                     also: Path | None = None, progress: bool = True) -> GaussianMLPPolicy:
     """The pretrained or oracle policy: trained with PPO once, then cached as weights under
     ``eval_dir`` (an existing cache under ``also`` is used as well)."""
     from rl_maml.agents.rl_baselines import to_gaussian_policy, train_ppo
@@ -612,7 +625,8 @@ def reference_policy(cfg: MetaRLConfig, eval_dir: Path, name: str, device: torch
             f"(policy.hidden_sizes={list(p.hidden_sizes)}, policy.activation={p.activation}): {mismatch}. "
             f"Delete {path} to train it again for this policy.")
     model = train_ppo(cfg.env.label, env_kwargs, p.hidden_sizes, p.activation,
-                      e.baseline_timesteps, e.seed, append_task=name == "oracle", progress=f"PPO {name} baseline")
+                      e.baseline_timesteps, e.seed, append_task=name == "oracle",
+                      progress=f"PPO {name} baseline" if progress else None)
     policy = to_gaussian_policy(model, p.hidden_sizes, p.activation)
     save_checkpoint(path, {"policy": policy.state_dict(), "obs_dim": policy.obs_dim, "act_dim": policy.act_dim,
                            "hidden_sizes": list(p.hidden_sizes), "activation": p.activation, "env": env_kwargs})

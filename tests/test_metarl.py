@@ -54,6 +54,8 @@ def test_evaluation_with_sb3_baselines(preset, tmp_path, capsys):
     # What it trains is said first, and each PPO run shows its progress.
     assert "training the pretrained and oracle baselines with PPO first (256 env steps each" in err
     assert "PPO pretrained baseline" in err and "PPO oracle baseline" in err
+    # The evaluation's own bar counts every sampling: three adapting policies after 0 and 1 steps, the oracle once.
+    assert "evaluate: 100%" in err and "7/7" in err
     results = json.loads((run / "eval" / "results.json").read_text())
     assert results["steps"] == [0, 1] and set(results["methods"]) == {"maml", "random", "pretrained", "oracle"}
     assert results["methods"]["oracle"]["mean"][0] == results["methods"]["oracle"]["mean"][1]
@@ -95,6 +97,12 @@ def test_extra_draws_reevaluate_maml_on_fresh_test_tasks(tmp_path, capsys):
     # Without extra draws the results carry no draws entry.
     assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]"]) == 0
     assert "maml_draws" not in json.loads((run / "eval" / "results.json").read_text())
+    # The bar counts two policies and two extra draws after 0 and 1 steps; --no-progress hides it.
+    capsys.readouterr()
+    assert main(["eval", "--overwrite", str(run), "eval.baselines=[random]", "eval.extra_draws=2"]) == 0
+    assert "8/8" in capsys.readouterr().err
+    assert main(["eval", "--overwrite", "--no-progress", str(run), "eval.baselines=[random]"]) == 0
+    assert "evaluate:" not in capsys.readouterr().err
     assert main(["eval", "--overwrite", str(run), "eval.extra_draws=-1"]) == 2
     assert "eval.extra_draws must be >= 0" in capsys.readouterr().err
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -75,12 +75,13 @@ def evaluation_sampler(env, model: TaskBatchedModel, tasks: Mapping[str, Tensor]
 def adapt_to_tasks(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tensor], inner: InnerLoop, num_steps: int,
                    episodes_per_task: int, baseline, gamma: float, gae_lambda: float, seed: int,
                    steps_per_task: int | None = None, objective: str = "reinforce",
-                   batch_threads: int | None = None) -> Adaptation:
+                   batch_threads: int | None = None, on_sample: Callable[[], object] | None = None) -> Adaptation:
     """Adapt ``policy`` to each of ``tasks`` (no meta-gradient) with fresh episodes after every step.
 
     ``batch_threads``: torch threads for the baseline fits and the inner updates, while the
     rollouts keep the caller's count (as in training: ``train.meta_step_threads`` and
-    ``train.num_threads``). ``None``: everything with the caller's count."""
+    ``train.num_threads``). ``None``: everything with the caller's count. ``on_sample``: called
+    after each of the ``num_steps + 1`` samplings (a progress bar's update)."""
     if steps_per_task is not None and steps_per_task < 1:
         raise ValueError(f"steps_per_task must be >= 1 (or None for a fixed episode count), got {steps_per_task}")
     model = TaskBatchedModel(policy)
@@ -89,6 +90,8 @@ def adapt_to_tasks(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tensor], 
     rollout_threads = None if batch_threads is None else torch.get_num_threads()
     sample = evaluation_sampler(env, model, tasks, episodes_per_task, baseline, gamma, gae_lambda, seed,
                                 steps_per_task, device, rollout_threads, batch_threads)
+    if on_sample is not None:
+        sample = _counted(sample, on_sample)
     params = expand_params({k: v.detach() for k, v in params_of(policy).items()}, M)
     with torch_threads(batch_threads):  # the inner updates; the sampler switches back for the rollouts
         return adapt_policy(model, params, inner, sample, num_steps, create_graph=False, objective=objective)
@@ -97,19 +100,29 @@ def adapt_to_tasks(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tensor], 
 def adaptation_returns(policy: GaussianMLPPolicy, env, tasks: Mapping[str, Tensor], episodes_per_task: int,
                        num_steps: int, inner: InnerLoop, baseline, gamma: float, gae_lambda: float, seed: int,
                        steps_per_task: int | None = None, objective: str = "reinforce",
-                       batch_threads: int | None = None) -> tuple[Tensor, list[Episodes]]:
+                       batch_threads: int | None = None,
+                       on_sample: Callable[[], object] | None = None) -> tuple[Tensor, list[Episodes]]:
     """The MAML paper's test: adapt ``policy`` to each task and record the returns after 0..num_steps steps.
 
     Step k adapts with ``inner``'s step size for step k and its mask (build it with
     :func:`evaluation_inner`); fresh episodes are sampled after every step:
     ``episodes_per_task`` per task, or, with ``steps_per_task``, as many as hold that many env
-    steps (the MAML paper's test script sampled 4000 env steps per step). ``batch_threads``: see
-    :func:`adapt_to_tasks`.
+    steps (the MAML paper's test script sampled 4000 env steps per step). ``batch_threads`` and
+    ``on_sample``: see :func:`adapt_to_tasks`.
 
     Returns:
         Mean undiscounted return per task (over its episodes) after 0..num_steps steps,
         ``[num_steps + 1, M]``, and the episodes of every step.
     """
     adaptation = adapt_to_tasks(policy, env, tasks, inner, num_steps, episodes_per_task, baseline, gamma,
-                                gae_lambda, seed, steps_per_task, objective, batch_threads)
+                                gae_lambda, seed, steps_per_task, objective, batch_threads, on_sample)
     return adaptation.returns(), adaptation.episodes
+
+
+def _counted(sample: Callable, on_sample: Callable[[], object]) -> Callable:
+    """``sample`` calling ``on_sample`` after each call."""
+    def counted(*args, **kwargs):
+        out = sample(*args, **kwargs)
+        on_sample()
+        return out
+    return counted
