@@ -272,13 +272,18 @@ class InnerLoop:
                 ``not first_order``.
 
         Returns:
-            New parameters; tensors not adapted at this step are the same objects as in ``params``.
+            New parameters. Tensors not adapted at this step keep their values; with ``create_graph``
+            they are returned as aliases (``view_as``), new graph nodes, so that a later step's
+            gradient with respect to them is the partial derivative at that step. Without the
+            alias, autograd would also follow the paths through the tensors an earlier step adapted
+            (their gradients depend on the unadapted ones), and a mask that adapts a tensor only
+            at a later step would take a wrong step there.
         """
         if create_graph is None:
             create_graph = not self.first_order
         names = self.adapted_names(step, params)
         if not names:
-            return dict(params)
+            return _aliased(params) if create_graph else dict(params)
         if not losses.requires_grad:
             raise RuntimeError(
                 "inner loss does not require grad: compute it from params that require grad, "
@@ -287,7 +292,7 @@ class InnerLoop:
         grads = torch.autograd.grad(
             losses.sum(), [params[n] for n in names], create_graph=create_graph, allow_unused=True
         )
-        new = dict(params)
+        new = _aliased(params) if create_graph else dict(params)
         for n, g in zip(names, grads):
             if g is not None:  # a tensor the loss does not depend on stays as it is
                 new[n] = params[n] - self.step_size(step, n) * g
@@ -350,6 +355,11 @@ class InnerLoop:
         ):
             pass
         return last
+
+
+def _aliased(params: Params) -> Params:
+    """``params`` with every tensor that carries a graph replaced by an alias of it (a new graph node)."""
+    return {n: v.view_as(v) if v.requires_grad else v for n, v in params.items()}
 
 
 def make_inner_loop(config: InnerConfig, params: Params) -> tuple[InnerLoop, LearnedStepSize | None]:
