@@ -184,3 +184,65 @@ def test_bfloat16_products_loop_over_tasks_where_rows_are_padded():
     outer = _bmm(buf[..., 2:11].transpose(1, 2), buf[..., :5])  # both operands padded
     torch.testing.assert_close(outer.float(), torch.bmm(buf[..., 2:11].float().transpose(1, 2), buf[..., :5].float()),
                                rtol=2e-2, atol=5e-2)
+
+
+def _autograd_meta_gradient(meta, train, valid):
+    """The meta-objective's gradient with respect to the policy's parameters, by autograd through the adaptation."""
+    states = meta.adapt_all(train, create_graph=not meta.inner.first_order, num_tasks=M)
+    loss, _, _ = meta.meta_objective(states, train, valid)
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(meta.policy.parameters()))]), loss
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+@pytest.mark.parametrize("case", ["one step", "two steps, every", "two steps, lvc", "masked, per tensor",
+                                  "first order", "no step"])
+def test_closed_form_meta_gradient_equals_autograd_through_the_adaptation(activation, case):
+    """The surrogate's gradient at the adapted parameters, pulled back through the inner steps with
+    the closed-form Hessian-vector products, is autograd's gradient through the adaptation's graph."""
+    from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop, PerTensorStepSize
+    from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
+
+    policy = _policy(activation)
+    names = [n for n, _ in policy.named_parameters()]
+    steps = {"one step": 1, "first order": 1, "no step": 0}.get(case, 2)
+    step_size = ConstantStepSize(0.3, (1.0, 0.5))
+    mask = None
+    if case == "masked, per tensor":  # the head and log_std adapt first, everything at the second step
+        head = {n for n in names if n.startswith("mean.layers.4") or n == "log_std"}
+        mask = AdaptationMask((frozenset(head), frozenset(names)))
+        step_size = PerTensorStepSize({n: 0.1 + 0.05 * i for i, n in enumerate(names)})
+    inner = InnerLoop(step_size, steps, first_order=case == "first order", mask=mask)
+    settings = dict(surrogate_steps="every" if "every" in case else "final",
+                    inner_objective="lvc" if "lvc" in case else "reinforce")
+    meta = MAMLTRPO(policy, inner, TRPOSettings(**settings))
+    assert meta.closed_form_meta_gradient()
+    train, valid = [_episodes(10 + s) for s in range(steps)], _episodes(20)
+    expected, expected_loss = _autograd_meta_gradient(meta, train, valid)
+    states = meta.adapt_all(train, create_graph=False, num_tasks=M)
+    loss, olds, grad = meta._pulled_back_gradient(train, valid, states)
+    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(loss, expected_loss.detach(), rtol=1e-12, atol=1e-14)
+    assert len(olds) == len(meta.scored_steps(steps))
+    # trpo.meta_gradient=autograd keeps autograd's path; so do learned step sizes and other policies.
+    assert not MAMLTRPO(policy, inner, TRPOSettings(**settings, meta_gradient="autograd")).closed_form_meta_gradient()
+    assert not MAMLTRPO(policy, inner, TRPOSettings(**settings, fvp="autograd")).closed_form_meta_gradient()
+
+
+def test_meta_step_takes_the_same_step_with_either_meta_gradient():
+    """A whole TRPO meta-step (gradient, conjugate gradient, line search) moves the parameters the same way."""
+    from rl_maml.inner import ConstantStepSize, InnerLoop
+    from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
+
+    train, valid = [_episodes(10)], _episodes(11)
+    after = {}
+    for method in ("auto", "autograd"):
+        policy = _policy("relu")
+        meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings(meta_gradient=method, max_kl=0.05))
+        logs = meta.meta_step(train, valid)
+        assert logs["charts/ls_accepted"] == 1.0
+        after[method] = torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
+        assert not torch.equal(after[method], torch.cat([p.reshape(-1) for p in _policy("relu").parameters()]))
+    # (conjugate gradient's ten iterations amplify the gradients' last-digit differences to about 1e-9)
+    torch.testing.assert_close(after["auto"], after["autograd"], rtol=1e-7, atol=1e-8)
+    with pytest.raises(ValueError, match="meta_gradient must be 'auto' or 'autograd'"):
+        TRPOSettings(meta_gradient="closed")
