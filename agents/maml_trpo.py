@@ -97,8 +97,7 @@ class MAMLTRPOAgent:
         return episodes
 
     def adapt(self, tasks: dict[str, torch.Tensor], iteration: int) -> Adaptation:
-        """Sample and adapt on iteration ``iteration``'s tasks, keeping the graph for the meta-step where
-        it differentiates through the adaptation with autograd.
+        """Sample and adapt on iteration ``iteration``'s tasks, keeping the graph for the meta-step.
 
         Episodes of inner step s are keyed ``(iteration, s)``, the adapted policies' ``(iteration,
         "valid")``; the returned :class:`~rl_maml.rl.adaptation.Adaptation` holds both."""
@@ -113,10 +112,8 @@ class MAMLTRPOAgent:
 
         self._t_sample = 0.0
         with torch_threads(self.meta_step_threads):  # the inner updates; the rollouts switch back
-            # A closed-form meta-gradient needs no graph through the inner steps.
-            graph = False if self.meta.closed_form_meta_gradient() else None
             return adapt_policy(self.meta.batched, self.meta.initial_params(self.M), self.meta.inner, sample, S,
-                                create_graph=graph, objective=self.meta.trpo.inner_objective)
+                                objective=self.meta.trpo.inner_objective)
 
     def train_step(self, iteration: int) -> dict[str, float]:
         """One meta-iteration: sample, adapt (fresh episodes after each step), TRPO meta-step."""

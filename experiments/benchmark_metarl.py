@@ -144,27 +144,23 @@ def _dtype(args) -> str:
     return getattr(args, "fvp_dtype", "same")
 
 
-def _meta_gradient(args) -> str:
-    return getattr(args, "meta_gradient", "auto")
-
-
 def config(args):
     from rl_maml.api import load_config
 
     if getattr(args, "preset", None):
         return load_config(args.preset, [f"train.meta_batch_size={args.tasks}", f"trpo.cg_iters={args.cg_iters}",
                                          f"trpo.fvp={args.fvp}", f"trpo.fvp_subsample={args.fvp_subsample}",
-                                         f"trpo.fvp_dtype={_dtype(args)}", f"trpo.meta_gradient={_meta_gradient(args)}",
+                                         f"trpo.fvp_dtype={_dtype(args)}",
                                          f"train.meta_step_threads={args.meta_step_threads}"])
     if args.workload == "navigation":
         return load_config("navigation", [*NAVIGATION_PAPER, f"trpo.cg_iters={args.cg_iters}", f"trpo.fvp={args.fvp}",
-                                          f"trpo.fvp_dtype={_dtype(args)}", f"trpo.meta_gradient={_meta_gradient(args)}",
+                                          f"trpo.fvp_dtype={_dtype(args)}",
                                           f"train.meta_step_threads={args.meta_step_threads}"])
     return from_dict(MetaRLConfig, {
         "env": {"name": args.env, "convention": getattr(args, "convention", "gym"),
                 "backend": getattr(args, "backend", "mujoco")},
         "trpo": {"cg_iters": args.cg_iters, "fvp_subsample": args.fvp_subsample, "fvp": args.fvp,
-                 "fvp_dtype": _dtype(args), "meta_gradient": _meta_gradient(args)},
+                 "fvp_dtype": _dtype(args)},
         "train": {"meta_batch_size": args.tasks, "fast_batch_size": args.episodes,
                   "meta_step_threads": args.meta_step_threads},
     })
@@ -213,8 +209,6 @@ def main() -> None:
                     help="how Fisher-vector products are computed (trpo.fvp)")
     ap.add_argument("--fvp-dtype", default="same", choices=["same", "bfloat16"],
                     help="precision of the closed-form Fisher products (trpo.fvp_dtype)")
-    ap.add_argument("--meta-gradient", default="auto", choices=["auto", "autograd"],
-                    help="how the meta-gradient is computed (trpo.meta_gradient)")
     ap.add_argument("--meta-step-threads", type=int, default=0,
                     help="train.meta_step_threads (0: all cores)")
     ap.add_argument("--contend", type=int, default=0,
@@ -241,17 +235,16 @@ def main() -> None:
     if args.preset:
         print(f"preset {args.preset} ({cfg.env.name}, {cfg.env.convention} convention, {cfg.train.meta_batch_size} tasks, "
               f"batch_steps {cfg.train.batch_steps}), fvp {args.fvp} ({args.fvp_dtype}), fvp_subsample {args.fvp_subsample}, "
-              f"cg_iters {args.cg_iters}, meta-gradient {args.meta_gradient}, "
+              f"cg_iters {args.cg_iters}, "
               f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
     elif navigation:
         print("2D navigation with the MAML paper's workload (20 tasks x 20 episodes, one inner step, REINFORCE, "
-              f"exact curvature), fvp {args.fvp} ({args.fvp_dtype}), cg_iters {args.cg_iters}, "
-              f"meta-gradient {args.meta_gradient}, torch {torch.__version__}, device "
+              f"exact curvature), fvp {args.fvp} ({args.fvp_dtype}), cg_iters {args.cg_iters}, torch {torch.__version__}, device "
               f"{device}; median of {args.iterations} iterations")
     else:
         print(f"{args.env}, {args.convention} convention, backend {args.backend}, {args.tasks} tasks x {args.episodes} episodes, 2x100 ReLU policy, "
               f"fvp {args.fvp} ({args.fvp_dtype}), fvp_subsample {args.fvp_subsample}, cg_iters {args.cg_iters}, "
-              f"meta-gradient {args.meta_gradient}, meta_step_threads {args.meta_step_threads}, "
+              f"meta_step_threads {args.meta_step_threads}, "
               f"torch {torch.__version__}, device {device}; median of {args.iterations} iterations")
     print(f"allocator tuned (rl_maml.runtime): {runtime.apply()['malloc_tuned']}")
     names = list(runs)

@@ -186,63 +186,58 @@ def test_bfloat16_products_loop_over_tasks_where_rows_are_padded():
                                rtol=2e-2, atol=5e-2)
 
 
-def _autograd_meta_gradient(meta, train, valid):
-    """The meta-objective's gradient with respect to the policy's parameters, by autograd through the adaptation."""
-    states = meta.adapt_all(train, create_graph=not meta.inner.first_order, num_tasks=M)
-    loss, _, _ = meta.meta_objective(states, train, valid)
-    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(meta.policy.parameters()))]), loss
+def _pulled_back_meta_gradient(meta, train, valid):
+    """An independent meta-gradient: each scored surrogate's gradient at its adapted parameters
+    (first order), pulled back through the inner steps ``theta_{s+1} = theta_s - alpha_s grad
+    L_s(theta_s)`` with ``J_s^T w = w - H_s (alpha_s w)`` on the tensors step s adapts, ``H_s``
+    from the closed-form Hessian-vector products; summed over the tasks."""
+    names = [n for n, _ in meta.policy.named_parameters()]
+    states = [{n: v.detach() for n, v in st.items()} for st in
+              meta.adapt_all(train, create_graph=False, num_tasks=M)]
+    scored = meta.scored_steps(len(train))
+    pulled = {}
+    for k in scored:
+        leaves = {n: states[k][n].detach().clone().requires_grad_(True) for n in names}
+        loss, _, _ = meta.surrogate(leaves, meta.scoring_episodes(train, valid, k))
+        pulled[k] = dict(zip(names, torch.autograd.grad(loss, [leaves[n] for n in names])))
+    curvature = GaussianMLPCurvature(meta.policy)
+    w = {n: torch.zeros_like(g) for n, g in pulled[scored[0]].items()}
+    for k in range(len(train), -1, -1):
+        if k in pulled:
+            w = {n: w[n] + pulled[k][n] / len(scored) for n in names}
+        if k > 0 and not meta.inner.first_order:
+            adapted = set(meta.inner.adapted_names(k - 1, states[k - 1]))
+            z = {n: meta.inner.step_size(k - 1, n) * w[n] if n in adapted else torch.zeros_like(w[n]) for n in names}
+            hz = curvature.inner_loss_hvp(states[k - 1], train[k - 1], meta.trpo.inner_objective)(z)
+            w = {n: w[n] - hz[n] for n in names}
+    return torch.cat([w[n].sum(0).reshape(-1) for n in names])
 
 
 @pytest.mark.parametrize("activation", ["relu", "tanh"])
 @pytest.mark.parametrize("case", ["one step", "two steps, every", "two steps, lvc", "masked, per tensor",
                                   "first order", "no step"])
-def test_closed_form_meta_gradient_equals_autograd_through_the_adaptation(activation, case):
-    """The surrogate's gradient at the adapted parameters, pulled back through the inner steps with
-    the closed-form Hessian-vector products, is autograd's gradient through the adaptation's graph."""
+def test_meta_gradient_through_the_adaptation_equals_the_pulled_back_gradient(activation, case):
+    """The meta-step's autograd meta-gradient (through the adaptation's graph) against an independent
+    computation from the closed-form Hessian-vector products: the same in float64 for one and two
+    steps, the every-step surrogate, LVC, a mask that adapts the body only at the second step with
+    per-tensor step sizes, first order and no step. (The closed form as the meta-step's own
+    gradient measured 3-7% slower than autograd's on HalfCheetahVel and 2D navigation: not used.)"""
     from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop, PerTensorStepSize
     from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 
     policy = _policy(activation)
     names = [n for n, _ in policy.named_parameters()]
     steps = {"one step": 1, "first order": 1, "no step": 0}.get(case, 2)
-    step_size = ConstantStepSize(0.3, (1.0, 0.5))
-    mask = None
-    if case == "masked, per tensor":  # the head and log_std adapt first, everything at the second step
-        head = {n for n in names if n.startswith("mean.layers.4") or n == "log_std"}
-        mask = AdaptationMask((frozenset(head), frozenset(names)))
+    step_size, mask = ConstantStepSize(0.3, (1.0, 0.5)), None
+    if case == "masked, per tensor":  # the head and log_std first, everything at the second step
+        mask = AdaptationMask((frozenset(n for n in names if n.startswith("mean.layers.4") or n == "log_std"),
+                               frozenset(names)))
         step_size = PerTensorStepSize({n: 0.1 + 0.05 * i for i, n in enumerate(names)})
-    inner = InnerLoop(step_size, steps, first_order=case == "first order", mask=mask)
-    settings = dict(surrogate_steps="every" if "every" in case else "final",
-                    inner_objective="lvc" if "lvc" in case else "reinforce")
-    meta = MAMLTRPO(policy, inner, TRPOSettings(**settings))
-    assert meta.closed_form_meta_gradient()
+    meta = MAMLTRPO(policy, InnerLoop(step_size, steps, first_order=case == "first order", mask=mask),
+                    TRPOSettings(surrogate_steps="every" if "every" in case else "final",
+                                 inner_objective="lvc" if "lvc" in case else "reinforce"))
     train, valid = [_episodes(10 + s) for s in range(steps)], _episodes(20)
-    expected, expected_loss = _autograd_meta_gradient(meta, train, valid)
-    states = meta.adapt_all(train, create_graph=False, num_tasks=M)
-    loss, olds, grad = meta._pulled_back_gradient(train, valid, states)
-    torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(loss, expected_loss.detach(), rtol=1e-12, atol=1e-14)
-    assert len(olds) == len(meta.scored_steps(steps))
-    # trpo.meta_gradient=autograd keeps autograd's path; so do learned step sizes and other policies.
-    assert not MAMLTRPO(policy, inner, TRPOSettings(**settings, meta_gradient="autograd")).closed_form_meta_gradient()
-    assert not MAMLTRPO(policy, inner, TRPOSettings(**settings, fvp="autograd")).closed_form_meta_gradient()
-
-
-def test_meta_step_takes_the_same_step_with_either_meta_gradient():
-    """A whole TRPO meta-step (gradient, conjugate gradient, line search) moves the parameters the same way."""
-    from rl_maml.inner import ConstantStepSize, InnerLoop
-    from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
-
-    train, valid = [_episodes(10)], _episodes(11)
-    after = {}
-    for method in ("auto", "autograd"):
-        policy = _policy("relu")
-        meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings(meta_gradient=method, max_kl=0.05))
-        logs = meta.meta_step(train, valid)
-        assert logs["charts/ls_accepted"] == 1.0
-        after[method] = torch.cat([p.detach().reshape(-1) for p in policy.parameters()])
-        assert not torch.equal(after[method], torch.cat([p.reshape(-1) for p in _policy("relu").parameters()]))
-    # (conjugate gradient's ten iterations amplify the gradients' last-digit differences to about 1e-9)
-    torch.testing.assert_close(after["auto"], after["autograd"], rtol=1e-7, atol=1e-8)
-    with pytest.raises(ValueError, match="meta_gradient must be 'auto' or 'autograd'"):
-        TRPOSettings(meta_gradient="closed")
+    states = meta.adapt_all(train, create_graph=not meta.inner.first_order, num_tasks=M)
+    loss, _, _ = meta.meta_objective(states, train, valid)
+    autograd = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(policy.parameters()))])
+    torch.testing.assert_close(autograd, _pulled_back_meta_gradient(meta, train, valid), rtol=1e-10, atol=1e-12)

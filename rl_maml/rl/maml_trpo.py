@@ -72,14 +72,6 @@ class TRPOSettings:
     ten iterations the direction differed from float32's by 0.15% on HalfCheetahVel and by 15%
     on 2D navigation (whose policy sees a 2-dimensional observation); docs/metarl.md has
     learning curves. Needs ``fvp`` ``closed_form`` or ``auto`` with a Gaussian MLP policy."""
-    meta_gradient: str = "auto"
-    """How the meta-gradient (the surrogate's gradient with respect to the initial parameters,
-    through the inner steps) is computed. ``autograd``: backward through the adaptation's graph.
-    ``auto``: where the closed-form products apply (``fvp`` not ``autograd``, a Gaussian MLP policy,
-    no learned inner step sizes), the surrogate's gradient at the adapted parameters pulled back
-    through each inner step with the closed-form Hessian-vector products of the inner loss, in the
-    policy's precision (equal to autograd's to rounding; tested in float64), so the adaptation
-    keeps no graph; else ``autograd``."""
     surrogate_steps: str = "final"
     """Which adapted policies the meta-step scores. ``final``: the policy after the last inner step,
     on the validation episodes (MAML). ``every``: the mean over inner steps 1..S of each adapted
@@ -113,8 +105,6 @@ class TRPOSettings:
         if self.fvp_dtype != "same" and self.fvp == "autograd":
             raise ValueError("fvp_dtype=bfloat16 needs the closed-form products: set trpo.fvp=auto "
                              "(or closed_form), or trpo.fvp_dtype=same to keep fvp=autograd")
-        if self.meta_gradient not in ("auto", "autograd"):
-            raise ValueError(f"meta_gradient must be 'auto' or 'autograd', got {self.meta_gradient!r}")
         if self.inner_objective not in ("reinforce", "lvc"):
             raise ValueError(f"inner_objective must be 'reinforce' or 'lvc', got {self.inner_objective!r}")
 
@@ -329,56 +319,6 @@ class MAMLTRPO:
 
         return fvp
 
-    def _online_step_sizes(self) -> list[Tensor]:
-        return [t for t in getattr(self.inner.step_size, "parameters", tuple)() if t.requires_grad]
-
-    def closed_form_meta_gradient(self) -> bool:
-        """Whether :meth:`meta_step` computes the meta-gradient in closed form (``TRPOSettings.meta_gradient``);
-        the adaptation before it then needs no graph (``create_graph=False``)."""
-        if self.trpo.meta_gradient == "autograd" or self._online_step_sizes():
-            return False
-        return self.closed_form_curvature([n for n, _ in self.policy.named_parameters()])
-
-    def _pulled_back_gradient(self, train: list[Episodes], valid: Episodes, states: list[Params]
-                              ) -> tuple[Tensor, list[tuple[Tensor, Tensor]], Tensor]:
-        """The meta-objective, the sampling policies' ``(mean, log_std)`` and its gradient with
-        respect to the initial parameters, in closed form.
-
-        Each scored surrogate is differentiated at its adapted parameters (one first-order backward
-        pass), then pulled back through the inner steps: ``theta_{s+1} = theta_s - alpha_s grad
-        L_s(theta_s)`` has the Jacobian ``I - alpha_s H_s``, so ``w <- w - H_s (alpha_s w)`` on the
-        adapted tensors, with the closed-form Hessian-vector products of the inner loss
-        (:mod:`rl_maml.rl.curvature`) in the policy's precision. Summed over the tasks (the initial
-        parameters are shared), this is the gradient autograd takes through the adaptation's graph."""
-        names = [n for n, _ in self.policy.named_parameters()]
-        states = [{n: v.detach() for n, v in st.items()} for st in states]
-        scored = self.scored_steps(len(train))
-        second_order = not self.inner.first_order
-        losses, olds, pulled = [], [], {}
-        for k in scored:
-            leaves = {n: v.requires_grad_(True) if v.stride(0) != 0 else v.clone().requires_grad_(True)
-                      for n, v in ((n, states[k][n].detach()) for n in names)}
-            with torch.enable_grad():
-                loss, _, old = self.surrogate(leaves, self.scoring_episodes(train, valid, k))
-                grads = torch.autograd.grad(loss, [leaves[n] for n in names])
-            losses.append(loss.detach())
-            olds.append(old)
-            pulled[k] = dict(zip(names, grads))
-        curvature = GaussianMLPCurvature(self.policy) if second_order else None
-        w = {n: torch.zeros_like(g) for n, g in pulled[scored[0]].items()}
-        for k in range(len(train), -1, -1):
-            if k in pulled:
-                w = {n: w[n] + pulled[k][n] for n in names}
-            if k > 0 and second_order:
-                s = k - 1
-                adapted = set(self.inner.adapted_names(s, states[s]))
-                z = {n: self.inner.step_size(s, n) * w[n] if n in adapted else torch.zeros_like(w[n]) for n in names}
-                with torch.no_grad():
-                    hz = curvature.inner_loss_hvp(states[s], train[s], self.trpo.inner_objective)(z)
-                w = {n: w[n] - hz[n] for n in names}
-        grad = flat([w[n].sum(0) for n in names]) / len(scored)
-        return torch.stack(losses).mean(), olds, grad
-
     CHUNK_ROWS = 16384
     """Rows (steps) per chunk of tasks in the closed-form Fisher-vector products on the CPU."""
 
@@ -435,25 +375,20 @@ class MAMLTRPO:
             FloatingPointError: a non-finite loss, gradient or step (the parameters are unchanged).
         """
         params = list(self.policy.parameters())
-        closed_form = self.closed_form_meta_gradient()
         if adapted is None:
-            adapted = self.adapt_all(train, create_graph=False if closed_form else None, num_tasks=valid.num_tasks)
+            adapted = self.adapt_all(train, num_tasks=valid.num_tasks)
         if len(adapted) != len(train) + 1:
             raise ValueError(f"adapted must hold the parameters after 0..{len(train)} steps, got {len(adapted)} entries")
+        loss, _, old = self.meta_objective(adapted, train, valid)
         # Step sizes that are tensors requiring grad (Alpha MAML's alpha) get d(surrogate)/d(alpha)
         # from the same backward pass, left in their .grad for the agent to use.
-        online = self._online_step_sizes()
+        online = [t for t in getattr(self.inner.step_size, "parameters", tuple)() if t.requires_grad]
         if online and self.shard is not None:
             raise NotImplementedError("learned inner step sizes (Alpha MAML) are not split across processes")
-        if closed_form:
-            loss, old, grads = self._pulled_back_gradient(train, valid, adapted)
-        else:
-            loss, _, old = self.meta_objective(adapted, train, valid)
-            all_grads = torch.autograd.grad(loss, params + online, allow_unused=True)
-            grads = flat(all_grads[:len(params)])
-            for t, g in zip(online, all_grads[len(params):]):
-                t.grad = g
-        grads = self._mean(grads)
+        all_grads = torch.autograd.grad(loss, params + online, allow_unused=True)
+        grads = self._mean(flat(all_grads[:len(params)]))
+        for t, g in zip(online, all_grads[len(params):]):
+            t.grad = g
         loss = self._mean(loss.detach())
         _require_finite(loss=loss, gradient=grads)
 
