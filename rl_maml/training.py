@@ -31,6 +31,7 @@ from rl_maml.checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
+from rl_maml import runtime
 from rl_maml.logger import RunLogger
 
 
@@ -251,6 +252,8 @@ class Trainer:
         iteration: that iteration is checkpointed and :class:`TrainingInterrupted` says how to
         resume. A second Ctrl-C stops at once (the newest checkpoint is then the last one written).
         """
+        if self.is_main:
+            runtime.warn_if_openmp_spins()
         window: dict[str, float] = defaultdict(float)
         count = 0
         last: dict[str, float] = {}

@@ -41,6 +41,27 @@ def test_importing_rl_maml_sets_the_wait_policy_before_torch_loads():
     assert out.split() == ["None", "True" if sys.platform.startswith("linux") else "False"]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU libgomp")
+def test_training_warns_once_when_torch_loaded_first_left_openmp_spinning(tmp_path):
+    """torch imported before rl_maml: the wait policy could not be set, and training says so once,
+    with the fix; rl_maml first, or a policy of the user's own, trains silently."""
+    code = ("import warnings; warnings.simplefilter('always')\n{imports}\n"
+            "from rl_maml.api import load_config, meta_train\n"
+            "cfg = load_config('navigation', ['train.num_iterations=2', 'train.meta_batch_size=2', "
+            "'train.fast_batch_size=2', 'env.horizon=4', 'policy.hidden_sizes=[4]'])\n"
+            "meta_train(cfg, {run!r}, progress=False); meta_train(cfg, {run2!r}, progress=False)")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    for n, (imports, extra, warned) in enumerate([("import torch, rl_maml", {}, True),
+                                                  ("import rl_maml, torch", {}, False),
+                                                  ("import torch, rl_maml", {"OMP_WAIT_POLICY": "ACTIVE"}, False)]):
+        run = subprocess.run([sys.executable, "-c", code.format(imports=imports, run=str(tmp_path / f"a{n}"),
+                                                                run2=str(tmp_path / f"b{n}"))],
+                             capture_output=True, text=True, env={**env, **extra}, check=True)
+        assert run.stderr.count("torch was imported before rl_maml") == (1 if warned else 0), (imports, run.stderr)
+        if warned:
+            assert "export GOMP_SPINCOUNT=10000" in run.stderr and "OMP_WAIT_POLICY=ACTIVE" in run.stderr
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
 @pytest.mark.parametrize("choice, tuned", [(None, True), ("0", False), ("1", True)])
 def test_the_command_line_reuses_freed_memory_unless_told_not_to(choice, tuned):
