@@ -127,8 +127,8 @@ def warn_if_openmp_spins() -> str | None:
                "busy processes this run can be several times slower (beside a running training, 2D navigation's "
                "meta-step took 17.9 s this way against 2.5 s with rl_maml's setting). Import rl_maml before torch, "
                "or export "
-               f"GOMP_SPINCOUNT={SPINCOUNT} before starting Python; to keep the default and silence this, export "
-               "OMP_WAIT_POLICY=ACTIVE.")
+               f"GOMP_SPINCOUNT={SPINCOUNT} before starting Python; to keep libgomp's default and silence this, "
+               "export GOMP_SPINCOUNT=300000.")
     import warnings
 
     warnings.warn(message, RuntimeWarning, stacklevel=3)
