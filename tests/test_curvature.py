@@ -221,7 +221,7 @@ def test_meta_gradient_through_the_adaptation_equals_the_pulled_back_gradient(ac
     computation from the closed-form Hessian-vector products: the same in float64 for one and two
     steps, the every-step surrogate, LVC, a mask that adapts the body only at the second step with
     per-tensor step sizes, first order and no step. (The closed form as the meta-step's own
-    gradient measured 3-7% slower than autograd's on HalfCheetahVel and 2D navigation: not used.)"""
+    gradient measured 3-9% slower than autograd's on HalfCheetahVel and 2D navigation: not used.)"""
     from rl_maml.inner import AdaptationMask, ConstantStepSize, InnerLoop, PerTensorStepSize
     from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 
