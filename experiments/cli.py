@@ -16,7 +16,6 @@ presets`` lists them). ``key=value`` overrides use dotted keys (``train.num_iter
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from pathlib import Path
 
@@ -206,9 +205,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     locked = run_dir if args.out is None else out
     locked.mkdir(parents=True, exist_ok=True)
     with RunLock(locked, "eval"):
-        # meta-RL and few-shot evaluations show progress bars; the sinusoid's takes seconds and has none
-        shows_progress = "progress" in inspect.signature(module.evaluate).parameters
-        module.evaluate(cfg, run_dir, checkpoint, out=out, **({"progress": not args.no_progress} if shows_progress else {}))
+        module.evaluate(cfg, run_dir, checkpoint, out=out, progress=not args.no_progress)
     print((out / "results.md").read_text())
     print(f"written: {out} (results.json, results.md, figures)", file=sys.stderr)
     return 0

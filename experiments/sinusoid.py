@@ -14,6 +14,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 from rl_maml.agents import SupervisedLearner, make_supervised_learner
 
 from rl_maml.config import ConfigError, InnerConfig, TrainConfig, VariantConfig
@@ -169,9 +170,10 @@ def train(cfg: SinusoidConfig, run_dir: Path, resume: bool, progress: bool = Tru
     return trainer.run(start)
 
 
-def evaluate(cfg: SinusoidConfig, run_dir: Path, checkpoint: Path, out: Path | None = None) -> dict:
+def evaluate(cfg: SinusoidConfig, run_dir: Path, checkpoint: Path, out: Path | None = None,
+             progress: bool = True) -> dict:
     """Adapt each trained method to the seeded test tasks; write results under ``out`` (default
-    ``run_dir/eval``)."""
+    ``run_dir/eval``). ``progress``: a progress bar over the methods (on stderr)."""
     out = run_dir / "eval" if out is None else Path(out)
     if cfg.train.num_threads is not None:
         torch.set_num_threads(cfg.train.num_threads)
@@ -184,7 +186,8 @@ def evaluate(cfg: SinusoidConfig, run_dir: Path, checkpoint: Path, out: Path | N
                          torch_generator(e.seed, "sinusoid-test")).to(device)
     steps = list(range(e.max_steps + 1))
     methods = {}
-    for name, learner in learners.items():
+    for name, learner in tqdm(learners.items(), desc="evaluate", unit="method", disable=not progress,
+                              dynamic_ncols=True):
         mean, ci = mean_ci95(learner.evaluate(batch, e.max_steps).cpu().double(), dim=1)
         methods[name] = {"mean": mean.tolist(), "ci95": ci.tolist()}
     results = {

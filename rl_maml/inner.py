@@ -283,7 +283,7 @@ class InnerLoop:
             create_graph = not self.first_order
         names = self.adapted_names(step, params)
         if not names:
-            return _aliased(params) if create_graph else dict(params)
+            return _aliased(params, names) if create_graph else dict(params)
         if not losses.requires_grad:
             raise RuntimeError(
                 "inner loss does not require grad: compute it from params that require grad, "
@@ -292,7 +292,7 @@ class InnerLoop:
         grads = torch.autograd.grad(
             losses.sum(), [params[n] for n in names], create_graph=create_graph, allow_unused=True
         )
-        new = _aliased(params) if create_graph else dict(params)
+        new = _aliased(params, names) if create_graph else dict(params)
         for n, g in zip(names, grads):
             if g is not None:  # a tensor the loss does not depend on stays as it is
                 new[n] = params[n] - self.step_size(step, n) * g
@@ -357,9 +357,11 @@ class InnerLoop:
         return last
 
 
-def _aliased(params: Params) -> Params:
-    """``params`` with every tensor that carries a graph replaced by an alias of it (a new graph node)."""
-    return {n: v.view_as(v) if v.requires_grad else v for n, v in params.items()}
+def _aliased(params: Params, adapted: list[str]) -> Params:
+    """``params`` with each tensor not in ``adapted`` that carries a graph replaced by an alias of
+    it (a new graph node); the adapted ones are replaced by the caller."""
+    skip = set(adapted)
+    return {n: v.view_as(v) if v.requires_grad and n not in skip else v for n, v in params.items()}
 
 
 def make_inner_loop(config: InnerConfig, params: Params) -> tuple[InnerLoop, LearnedStepSize | None]:

@@ -41,6 +41,7 @@ def test_train_and_eval_through_the_console_script(tmp_path):
                         text=True)
     assert ev.returncode == 0, ev.stderr
     assert "| MAML |" in ev.stdout and "| pretrained (NAL) |" in ev.stdout
+    assert "evaluate: 100%" in ev.stderr and "3/3" in ev.stderr  # a bar over the three methods
 
     stored = yaml.safe_load((run / "config.yaml").read_text())
     assert stored["train"]["num_iterations"] == 20 and stored["model"]["hidden_sizes"] == [16]
@@ -54,6 +55,9 @@ def test_train_and_eval_through_the_console_script(tmp_path):
     assert (run / "eval" / "adaptation.png").stat().st_size > 10_000
     assert main(["eval", str(run), "--out", str(tmp_path / "elsewhere")]) == 0  # same numbers, written elsewhere
     assert json.loads((tmp_path / "elsewhere" / "results.json").read_text())["methods"] == results["methods"]
+    quiet = subprocess.run([console_script(), "eval", str(run), "--no-progress", "--out", str(tmp_path / "quiet")],
+                           capture_output=True, text=True)
+    assert quiet.returncode == 0 and "evaluate:" not in quiet.stderr, quiet.stderr
     tags = tags_in(run / "tb")
     assert {"maml/losses/query_post", "maml/losses/support_pre", "pretrained/losses/train", "time/iteration_s",
             "time/maml_step_s", "maml/charts/inner_lr/layers.0.weight"} <= tags
