@@ -131,8 +131,25 @@ def warn_if_openmp_spins() -> str | None:
                "export GOMP_SPINCOUNT=300000.")
     import warnings
 
-    warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warnings.warn(message, RuntimeWarning, stacklevel=_caller_stacklevel())
     return message
+
+
+def _caller_stacklevel() -> int:
+    """The ``stacklevel`` that points a warning raised by this module's caller at the first frame
+    outside the ``rl_maml`` package (the user's script), so that the warning names the line that
+    started the work rather than a line of the library."""
+    import inspect
+
+    frame = inspect.currentframe().f_back  # the function that warns
+    level = 1
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if name != "rl_maml" and not name.startswith("rl_maml."):
+            return level
+        frame = frame.f_back
+        level += 1
+    return 2
 
 
 @contextmanager

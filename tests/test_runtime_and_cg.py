@@ -44,7 +44,7 @@ def test_importing_rl_maml_sets_the_wait_policy_before_torch_loads():
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU libgomp")
 def test_training_warns_once_when_torch_loaded_first_left_openmp_spinning(tmp_path):
     """torch imported before rl_maml: the wait policy could not be set, and training says so once,
-    with the fix; rl_maml first, or a policy of the user's own, trains silently."""
+    with the fix, at the user's line that started training; rl_maml first, or a policy of the user's own, trains silently."""
     code = ("import warnings; warnings.simplefilter('always')\n{imports}\n"
             "from rl_maml.api import load_config, meta_train\n"
             "cfg = load_config('navigation', ['train.num_iterations=2', 'train.meta_batch_size=2', "
@@ -60,6 +60,7 @@ def test_training_warns_once_when_torch_loaded_first_left_openmp_spinning(tmp_pa
         assert run.stderr.count("torch was imported before rl_maml") == (1 if warned else 0), (imports, run.stderr)
         if warned:
             assert "export GOMP_SPINCOUNT=10000" in run.stderr and "GOMP_SPINCOUNT=300000" in run.stderr
+            assert "<string>:5: RuntimeWarning" in run.stderr, run.stderr  # the user's line, not the library's
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
