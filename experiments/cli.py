@@ -5,6 +5,7 @@
     rl-maml presets
     rl-maml config CONFIG [key=value ...]
     rl-maml curves DIR --out OUT
+    rl-maml overlay LABEL=DIR_OR_CSV ... --out OUT [--window N]
     rl-maml compare RESULTS_JSON --out OUT
     rl-maml export DIR --out OUT [--command TEXT]
     rl-maml download omniglot --root DIR
@@ -220,6 +221,22 @@ def cmd_curves(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_overlay(args: argparse.Namespace) -> int:
+    from .curves import write_overlay
+
+    sources = []
+    for item in args.runs:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise CheckpointError(f"overlay: give each run as LABEL=PATH (a run folder or a curves.csv), got {item!r}")
+        sources.append((label, Path(path)))
+    paths = write_overlay(sources, Path(args.out), args.window, args.title)
+    print(paths[0].read_text())
+    for path in paths:
+        print(f"written: {path}", file=sys.stderr)
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from .paper_compare import write_comparison
 
@@ -339,6 +356,14 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--paper", type=float, default=None,
                    help="a few-shot run: the paper's test accuracy (%%), drawn as a dashed line for reference")
     c.set_defaults(func=cmd_curves)
+    o = sub.add_parser("overlay", help="several meta-RL runs' training returns side by side: window means "
+                                       "(overlay.md, overlay.csv) and one plot (overlay.png)")
+    o.add_argument("runs", nargs="+", metavar="LABEL=PATH",
+                   help="a label and a run folder or a curves.csv (from rl-maml curves), e.g. faithful=runs/ant_dir_maml")
+    o.add_argument("--out", required=True, help="folder for overlay.md, overlay.csv and overlay.png")
+    o.add_argument("--window", type=int, default=20, help="iterations per window mean (default 20)")
+    o.add_argument("--title", default=None, help="the table's and plot's title")
+    o.set_defaults(func=cmd_overlay)
     m = sub.add_parser("compare", help="a locomotion evaluation beside the MAML paper's own returns, task by task")
     m.add_argument("results",
                    help="an evaluation's results.json (eval.test_tasks=reference), e.g. RUN_DIR/eval/results.json")

@@ -179,3 +179,113 @@ def write_curves(run_dir: Path, out: Path, title: str | None = None, history: Pa
     fig.suptitle(title or Path(run_dir).name)
     plots.save(fig, out / "curves.png")
     return out / "curves.csv", out / "curves.png"
+
+
+OVERLAY_KEYS = ("return_post", "return_pre")
+
+
+def read_any_curves(source: Path) -> list[dict[str, float]]:
+    """The rows of a meta-RL run's curves: from a run folder's TensorBoard events, or from a
+    ``curves.csv`` written by ``rl-maml curves``."""
+    source = Path(source)
+    if source.is_dir():
+        return read_curves(source)
+    if source.is_file():
+        rows = read_history(source, 1 << 62)
+        if rows and not any(k in rows[0] for k in OVERLAY_KEYS):
+            raise CheckpointError(f"{source} has neither {' nor '.join(OVERLAY_KEYS)}: is it a meta-RL curves.csv?")
+        return rows
+    raise CheckpointError(f"{source} is neither a run folder nor a curves.csv")
+
+
+def window_means(runs: dict[str, list[dict[str, float]]], key: str, window: int
+                 ) -> tuple[list[str], dict[str, list[float | None]]]:
+    """Means of ``key`` over consecutive windows of ``window`` iterations (1-20, 21-40, ...), for
+    every run over the same windows, up to the longest run's last iteration; the last window ends
+    there. ``None`` where a run logged nothing in a window."""
+    if window < 1:
+        raise ValueError(f"the window must hold at least one iteration, got {window}")
+    last = max((int(r["iteration"]) for rows in runs.values() for r in rows if key in r), default=0)
+    if last == 0:
+        raise CheckpointError(f"no run logged {key}")
+    starts = range(1, last + 1, window)
+    labels = [f"{s}-{min(s + window - 1, last)}" for s in starts]
+    means: dict[str, list[float | None]] = {}
+    for name, rows in runs.items():
+        values = {int(r["iteration"]): r[key] for r in rows if key in r}
+        means[name] = []
+        for s in starts:
+            inside = [v for i, v in values.items() if s <= i <= min(s + window - 1, last)]
+            means[name].append(sum(inside) / len(inside) if inside else None)
+    return labels, means
+
+
+def write_overlay(sources: list[tuple[str, Path]], out: Path, window: int = 20, title: str | None = None
+                  ) -> tuple[Path, Path, Path]:
+    """Several meta-RL runs' training returns beside each other: ``overlay.md`` (window means of
+    the return after adaptation, and before it: a row per window, a column per run), ``overlay.csv`` (the same, long
+    format) and ``overlay.png`` (the returns after adaptation, as window means, against iterations
+    and against env steps; before adaptation dashed)."""
+    if len(sources) < 1:
+        raise CheckpointError("overlay needs at least one run (LABEL=PATH)")
+    labels = [label for label, _ in sources]
+    if len(set(labels)) != len(labels):
+        raise CheckpointError(f"overlay: labels must differ, got {labels}")
+    runs = {label: read_any_curves(path) for label, path in sources}
+    out.mkdir(parents=True, exist_ok=True)
+    tables = {key: window_means(runs, key, window) for key in OVERLAY_KEYS
+              if any(key in r for rows in runs.values() for r in rows)}
+
+    def cell(v: float | None) -> str:
+        return "" if v is None else f"{v:.1f}"
+
+    lines = [f"# {title or 'Training returns'}: means over {window}-iteration windows", ""]
+    with open(out / "overlay.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["quantity", "run", "iterations", "mean"])
+        for key, (windows, means) in tables.items():
+            what = "after adaptation" if key == "return_post" else "before adaptation"
+            lines += [f"Return per episode {what}:", "", "| iterations | " + " | ".join(means) + " |",
+                      "|---|" + "---|" * len(means)]
+            lines += [f"| {w} | " + " | ".join(cell(row[i]) for row in means.values()) + " |"
+                      for i, w in enumerate(windows)]
+            for name, row in means.items():
+                writer.writerows([key, name, w, "" if v is None else f"{v:.4f}"] for w, v in zip(windows, row))
+            lines.append("")
+    (out / "overlay.md").write_text("\n".join(lines))
+
+    fig, axes = plots.plt.subplots(1, 2, figsize=(10, 4))
+    colors = plots.plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, x in zip(axes, ("iteration", "total_env_steps")):
+        drawn = False
+        for n, (name, rows) in enumerate(runs.items()):
+            for key, style in (("return_post", "-"), ("return_pre", "--")):
+                points = [r for r in rows if key in r and x in r]
+                if not points:
+                    continue
+                xs, ys = _smoothed([r[x] for r in points], [r[key] for r in points], window)
+                xs = [v / 1e6 for v in xs] if x == "total_env_steps" else xs
+                ax.plot(xs, ys, style, color=colors[n % len(colors)],
+                        label=name if key == "return_post" else None)
+                drawn = True
+        if not drawn:  # curves from before the env-step total was logged
+            ax.set_visible(False)
+            continue
+        ax.set_xlabel("iteration" if x == "iteration" else "env steps (millions)")
+        ax.set_ylabel(f"training return ({window}-iteration mean)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(title="after adaptation (before: dashed)", fontsize=8, title_fontsize=8)
+    fig.suptitle(title or "training returns")
+    plots.save(fig, out / "overlay.png")
+    return out / "overlay.md", out / "overlay.csv", out / "overlay.png"
+
+
+def _smoothed(xs: list[float], ys: list[float], window: int) -> tuple[list[float], list[float]]:
+    """Trailing means over ``window`` points (fewer at the start)."""
+    out, total = [], 0.0
+    for i, y in enumerate(ys):
+        total += y
+        if i >= window:
+            total -= ys[i - window]
+        out.append(total / min(i + 1, window))
+    return xs, out

@@ -252,7 +252,7 @@ def test_evaluation_on_the_reference_tasks_sets_the_papers_returns_beside(tmp_pa
     assert not (run / "eval" / "paper_per_task.md").exists() and not (run / "eval" / "paper_per_task.png").exists()
 
 
-def test_curves_from_the_tensorboard_events(tmp_path, capsys):
+def test_curves_from_the_tensorboard_events_and_runs_side_by_side(tmp_path, capsys):
     import csv
 
     run = tmp_path / "nav"
@@ -278,6 +278,26 @@ def test_curves_from_the_tensorboard_events(tmp_path, capsys):
     capsys.readouterr()
     assert main(["curves", str(run), "--out", str(tmp_path / "g"), "--paper", "98.7"]) == 2
     assert "this is a meta-RL run" in capsys.readouterr().err
+
+    # Runs side by side: a run folder beside a curves.csv, window means by hand, the last window
+    # ending at the longest run's last iteration and empty where a run logged nothing.
+    other = tmp_path / "other.csv"
+    other.write_text("iteration,return_pre,return_post\n1,0.0,1.0\n2,0.0,3.0\n3,0.0,8.0\n4,2.0,10.0\n5,4.0,20.0\n")
+    capsys.readouterr()
+    assert main(["overlay", f"tiny={run}", f"other={other}", "--out", str(tmp_path / "o"), "--window", "2"]) == 0
+    table = capsys.readouterr().out
+    own = [float(r["return_post"]) for r in list(csv.DictReader(open(tmp_path / "c" / "curves.csv")))]
+    assert "| iterations | tiny | other |" in table
+    assert f"| 1-2 | {(own[0] + own[1]) / 2:.1f} | 2.0 |" in table
+    assert f"| 3-4 | {own[2]:.1f} | 9.0 |" in table and "| 5-5 |  | 20.0 |" in table
+    assert "| 5-5 |  | 4.0 |" in table.split("before adaptation")[1]
+    assert (tmp_path / "o" / "overlay.png").stat().st_size > 0 and (tmp_path / "o" / "overlay.csv").is_file()
+    assert main(["overlay", str(run), "--out", str(tmp_path / "p")]) == 2
+    assert "LABEL=PATH" in capsys.readouterr().err
+    assert main(["overlay", f"a={run}", f"a={other}", "--out", str(tmp_path / "p")]) == 2
+    assert "labels must differ" in capsys.readouterr().err
+    assert main(["overlay", f"a={tmp_path / 'none'}", "--out", str(tmp_path / "p")]) == 2
+    assert "neither a run folder nor a curves.csv" in capsys.readouterr().err
 
 
 def test_export_resume_and_evaluate_from_the_exported_folder(tmp_path, capsys):
