@@ -264,7 +264,8 @@ class Trainer:
         )
         stop = _StopRequest()
         saved = start_iteration
-        logger_cm = RunLogger(self.run_dir / "tb", purge_step=start_iteration + 1 if start_iteration else None) \
+        logger_cm = RunLogger(self.run_dir / "tb", purge_step=start_iteration + 1 if start_iteration else None,
+                              env_steps_purge_step=int(self.totals["env_steps"]) + 1 if start_iteration else None) \
             if self.is_main else _NullLogger()
         with logger_cm as logger, stop:
             if start_iteration == 0 and (self.run_dir / "config.yaml").is_file():
@@ -289,7 +290,7 @@ class Trainer:
                     last["time/total_wall_clock_s"] = self.totals["wall_clock_s"]
                     logger.log(iteration, last)
                     if self.totals["env_steps"] > 0:  # the same returns against cumulative env steps
-                        logger.log(int(self.totals["env_steps"]), {
+                        logger.log_env_steps(int(self.totals["env_steps"]), {
                             f"env_steps/{k}": v for k, v in last.items() if "/charts/return" in k})
                     shown = {k.split("/", 1)[0] + ":" + k.rsplit("/", 1)[-1]: f"{v:.3g}"
                              for k, v in last.items() if any(p in k for p in self.progress_keys)}
@@ -329,6 +330,9 @@ class _NullLogger:
     """What ranks other than 0 log to: nothing."""
 
     def log(self, step, metrics) -> None:
+        pass
+
+    def log_env_steps(self, env_steps, metrics) -> None:
         pass
 
     def log_config(self, path) -> None:

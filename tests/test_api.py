@@ -128,9 +128,10 @@ def test_users_env_trains_from_the_cli_and_from_python_alike_and_the_adapted_pol
     events.Reload()
     scalars = set(events.Tags()["scalars"])
     # returns after every inner step, in seconds, and against the cumulative env steps
-    assert {"maml/charts/return_after_0_steps", "maml/charts/return_after_1_steps", "time/iteration_s",
-            "env_steps/maml/charts/return_post"} <= scalars
-    steps = [e.step for e in events.Scalars("env_steps/maml/charts/return_post")]
+    assert {"maml/charts/return_after_0_steps", "maml/charts/return_after_1_steps", "time/iteration_s"} <= scalars
+    by_env_steps = EventAccumulator(str(tmp_path / "cli" / "tb" / "env_steps"))  # their own folder
+    by_env_steps.Reload()
+    steps = [e.step for e in by_env_steps.Scalars("env_steps/maml/charts/return_post")]
     assert steps == sorted(steps) and 0 < steps[0] <= 3 * 4 * 10 * 2  # 3 tasks x 4 episodes x <= 10 steps, twice
     assert "config" in "".join(events.Tags()["tensors"])  # the config as text
 

@@ -300,6 +300,28 @@ def test_curves_from_the_tensorboard_events_and_runs_side_by_side(tmp_path, caps
     assert "neither a run folder nor a curves.csv" in capsys.readouterr().err
 
 
+def test_a_resumed_run_keeps_every_pieces_tensorboard_curves_on_both_axes(tmp_path):
+    """Resuming hides what an interrupted piece logged after its checkpoint, per axis: the
+    iteration axis from the resumed iteration on, the env-step axis (its own folder) from the
+    checkpoint's env-step total on; the earlier pieces' points stay on both."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "nav"
+    assert main(["train", "navigation", "--run-dir", str(run), "--no-progress", "train.num_iterations=2", *TINY]) == 0
+    assert main(["train", "--run-dir", str(run), "--resume", "--no-progress", "train.num_iterations=4"]) == 0
+
+    def points(folder, tag):
+        events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars(tag)]
+
+    per_iteration = points(run / "tb", "maml/charts/return_post")
+    totals = points(run / "tb", "charts/total_env_steps")
+    per_env_step = points(run / "tb" / "env_steps", "env_steps/maml/charts/return_post")
+    assert [s for s, _ in per_iteration] == [1, 2, 3, 4]
+    assert per_env_step == [(int(t), r) for (_, t), (_, r) in zip(totals, per_iteration)]
+
+
 def test_export_resume_and_evaluate_from_the_exported_folder(tmp_path, capsys):
     """rl-maml export: config + newest checkpoint + run.json; a copy resumes exactly and evaluates."""
     import shutil
