@@ -204,7 +204,7 @@ def window_means(runs: dict[str, list[dict[str, float]]], key: str, window: int
     every run over the same windows, up to the longest run's last iteration; the last window ends
     there. ``None`` where a run logged nothing in a window."""
     if window < 1:
-        raise ValueError(f"the window must hold at least one iteration, got {window}")
+        raise CheckpointError(f"--window must hold at least one iteration, got {window}")
     last = max((int(r["iteration"]) for rows in runs.values() for r in rows if key in r), default=0)
     if last == 0:
         raise CheckpointError(f"no run logged {key}")
@@ -223,9 +223,9 @@ def window_means(runs: dict[str, list[dict[str, float]]], key: str, window: int
 def write_overlay(sources: list[tuple[str, Path]], out: Path, window: int = 20, title: str | None = None
                   ) -> tuple[Path, Path, Path]:
     """Several meta-RL runs' training returns beside each other: ``overlay.md`` (window means of
-    the return after adaptation, and before it: a row per window, a column per run), ``overlay.csv`` (the same, long
-    format) and ``overlay.png`` (the returns after adaptation, as window means, against iterations
-    and against env steps; before adaptation dashed)."""
+    the return after adaptation, and before it: a row per window, a column per run),
+    ``overlay.csv`` (the same, long format) and ``overlay.png`` (the returns as trailing means over
+    ``window`` iterations, against iterations and against env steps; before adaptation dashed)."""
     if len(sources) < 1:
         raise CheckpointError("overlay needs at least one run (LABEL=PATH)")
     labels = [label for label, _ in sources]
@@ -263,8 +263,8 @@ def write_overlay(sources: list[tuple[str, Path]], out: Path, window: int = 20, 
                 points = [r for r in rows if key in r and x in r]
                 if not points:
                     continue
-                xs, ys = _smoothed([r[x] for r in points], [r[key] for r in points], window)
-                xs = [v / 1e6 for v in xs] if x == "total_env_steps" else xs
+                xs = [r[x] / 1e6 if x == "total_env_steps" else r[x] for r in points]
+                ys = _trailing_means([r[key] for r in points], window)
                 ax.plot(xs, ys, style, color=colors[n % len(colors)],
                         label=name if key == "return_post" else None)
                 drawn = True
@@ -280,12 +280,12 @@ def write_overlay(sources: list[tuple[str, Path]], out: Path, window: int = 20, 
     return out / "overlay.md", out / "overlay.csv", out / "overlay.png"
 
 
-def _smoothed(xs: list[float], ys: list[float], window: int) -> tuple[list[float], list[float]]:
-    """Trailing means over ``window`` points (fewer at the start)."""
+def _trailing_means(ys: list[float], window: int) -> list[float]:
+    """Means over the last ``window`` points (fewer at the start)."""
     out, total = [], 0.0
     for i, y in enumerate(ys):
         total += y
         if i >= window:
             total -= ys[i - window]
         out.append(total / min(i + 1, window))
-    return xs, out
+    return out

@@ -298,6 +298,8 @@ def test_curves_from_the_tensorboard_events_and_runs_side_by_side(tmp_path, caps
     assert "labels must differ" in capsys.readouterr().err
     assert main(["overlay", f"a={tmp_path / 'none'}", "--out", str(tmp_path / "p")]) == 2
     assert "neither a run folder nor a curves.csv" in capsys.readouterr().err
+    assert main(["overlay", f"a={other}", "--out", str(tmp_path / "p"), "--window", "0"]) == 2
+    assert "--window must hold at least one iteration" in capsys.readouterr().err
 
 
 def test_a_resumed_run_keeps_every_pieces_tensorboard_curves_on_both_axes(tmp_path):
