@@ -186,6 +186,41 @@ def test_bfloat16_products_loop_over_tasks_where_rows_are_padded():
                                rtol=2e-2, atol=5e-2)
 
 
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_bfloat16_products_read_only_packed_operands(monkeypatch, activation):
+    """Every batched matrix product inside a bfloat16 Fisher-vector product (two inner steps,
+    LVC, every step scored) reads packed operands, so none falls back to the slow loop of one
+    ``mm`` per task or to a copy inside ``bmm``; the products still agree with full precision."""
+    import dataclasses
+
+    from rl_maml.inner import ConstantStepSize, InnerLoop
+    from rl_maml.rl import curvature
+    from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(OBS, ACT, (32, 32), activation, init_std=0.7).double()
+    settings = TRPOSettings(surrogate_steps="every", inner_objective="lvc")
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), 2), settings)
+    train, valid = [_episodes(10), _episodes(11)], _episodes(12)
+    v = torch.randn(sum(p.numel() for p in policy.parameters()), generator=torch.Generator().manual_seed(0),
+                    dtype=torch.float64)
+    full = meta.fisher_vector_product(train, valid, 0.0)(v)
+    meta.trpo = dataclasses.replace(settings, fvp_dtype="bfloat16")
+    fvp = meta.fisher_vector_product(train, valid, 0.0)  # the set-up runs in full precision
+    seen = []
+    real_bmm = curvature._bmm
+
+    def checked(a, b, acc=None):
+        seen.append((a.dtype, curvature._padded(a) or curvature._padded(b)))
+        return real_bmm(a, b, acc)
+
+    monkeypatch.setattr(curvature, "_bmm", checked)
+    low = fvp(v)
+    assert seen and all(dtype == torch.bfloat16 for dtype, _ in seen)
+    assert not any(padded for _, padded in seen)
+    assert ((low - full).norm() / full.norm()).item() < 2e-2
+
+
 def _pulled_back_meta_gradient(meta, train, valid):
     """An independent meta-gradient: each scored surrogate's gradient at its adapted parameters
     (first order), pulled back through the inner steps ``theta_{s+1} = theta_s - alpha_s grad

@@ -86,8 +86,9 @@ def _padded(t: Tensor) -> bool:
 
 def _bmm(a: Tensor, b: Tensor, acc: Tensor | None = None) -> Tensor:
     """Per-task ``acc + a @ b``. In reduced precision PyTorch's CPU ``bmm`` copies every operand
-    whose rows are padded (the slices of the ``[h | 1 | dh]`` buffers) while ``mm`` takes them as
-    they are, so there a loop over the tasks' ``mm`` replaces the copies (measured faster)."""
+    whose rows are padded (a slice of a wider buffer) while ``mm`` takes them as they are, so there
+    a loop over the tasks' ``mm`` replaces the copies. The products' own operands are all packed
+    (:class:`_Point`); this covers other callers."""
     if a.device.type != "cpu" or a.dtype not in (torch.bfloat16, torch.float16) or not (_padded(a) or _padded(b)):
         return torch.bmm(a, b) if acc is None else torch.baddbmm(acc, a, b)
     out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
@@ -107,18 +108,35 @@ def _stack_rows(top: Tensor, bottom: Tensor) -> Tensor:
                       bottom.expand(top.shape[0], -1, -1) if _shared(bottom) else bottom], dim=1)
 
 
+def _mm_add_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``acc += a @ b`` in place for ``acc [M, K, q]`` (contiguous), ``a [M, K, p]``, ``b [M, p, q]``:
+    one GEMM over all tasks' rows when ``b`` is shared by the tasks, a batched GEMM otherwise."""
+    M, K, p = a.shape
+    if _shared(b):  # (out= rather than addmm_: FlopCounterMode counts the out= form, not the in-place one)
+        b0 = b[0] if b[0].stride(0) == 1 else b[0].t().contiguous().t()
+        flat = acc.view(M * K, -1)
+        torch.addmm(flat, a.reshape(M * K, p), b0, out=flat)
+    elif a.device.type == "cpu" and a.dtype in (torch.bfloat16, torch.float16) and (_padded(a) or _padded(b)):
+        acc.copy_(_bmm(a, b, acc))
+    else:
+        torch.baddbmm(acc, a, b, out=acc)
+    return acc
+
+
 class _Point:
     """What a product needs at one point (per-task parameters and episodes), computed once: the
-    layers' weights ``[M, out, in]`` and biases ``[M, out]``, every layer's input ``h_l``
-    (``h_0`` the observations), the hidden activations' derivatives, and whatever the operator adds.
+    layers' weights ``[M, out, in]`` and biases ``[M, out]``, every layer's input with a column of
+    ones, ``[h_l | 1]`` (``[x | 1]`` for the first layer), the hidden activations' derivatives, and
+    whatever the operator adds.
 
-    Layer l's input is stored in a buffer ``[h_l | 1 | dh_l]`` (``[x | 1]`` for the first layer)
-    whose last part receives the tangent ``dh_l`` of each product. The tangent
-    ``h dW^T + db + dh W^T`` is then one matrix product of the buffer with ``[dW^T; db; W^T]``, and
-    ``R(delta)^T [h | 1]`` gives the weight's and the bias's products at once: no bias is
-    broadcast and no sum taken over the rows. The gradient pass, when there is one, is stored
-    the same way, ``[R(delta) | delta]``, so that ``R(delta) W + delta dW`` is one product too.
-    Memory traffic, not arithmetic, bounds these products on a CPU; each pass saved counts."""
+    The column of ones makes ``h dW^T + db`` one matrix product with ``[dW^T; db]``, and
+    ``R(delta)^T [h | 1]`` the weight's and the bias's products at once: no bias is broadcast and
+    no sum taken over the rows. Each tensor a batched product reads is packed (its own buffer,
+    not a slice of a wider one), so that the products run as one batched GEMM over the tasks in
+    any precision: in bfloat16 PyTorch's CPU ``bmm`` copies every padded operand, and a loop of
+    one ``mm`` per task, the alternative, is slow at small row counts. ``dh_l``, the tangent of
+    each hidden layer's input along a product's direction, is written into the point's own
+    buffers; the gradient pass, when there is one, is ``deltas``."""
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, x: Tensor):
         self.weights = [params[n] for n in _names(policy)[0]]
@@ -128,48 +146,32 @@ class _Point:
         self.free = (raw >= policy.min_log_std).to(raw.dtype)  # 0 where the clamp holds log_std
         self.log_std = raw.clamp(min=policy.min_log_std)
         self.widths = [x.shape[-1]] + [W.shape[1] for W in self.weights[:-1]]  # each layer's input width
-        self.cats, self.slopes = [], []
+        self.h1s, self.dhs, self.slopes = [], [None], []
         M, K = x.shape[:2]
         h = x
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
             width = self.widths[i]
-            cat = x.new_empty(M, K, 2 * width + 1 if i > 0 else width + 1)
-            cat[..., width] = 1
+            h1 = x.new_empty(M, K, width + 1)
+            h1[..., width] = 1
             if i == 0:
-                cat[..., :width] = x
+                h1[..., :width] = x
             elif self.tanh:
-                torch.tanh(h, out=cat[..., :width])
-                self.slopes.append(1 - cat[..., :width] ** 2)
+                torch.tanh(h, out=h1[..., :width])
+                self.slopes.append(1 - h1[..., :width] ** 2)
             else:
                 positive = h > 0
-                torch.mul(h, positive, out=cat[..., :width])
+                torch.mul(h, positive, out=h1[..., :width])
                 self.slopes.append(positive.to(x.dtype))
-            self.cats.append(cat)
-            h = _mm(cat[..., :width], W.transpose(1, 2), bias=b)  # the next layer's pre-activation
+            if i > 0:
+                self.dhs.append(x.new_empty(M, K, width))
+            self.h1s.append(h1)
+            h = _mm(h1[..., :width], W.transpose(1, 2), bias=b)  # the next layer's pre-activation
         self.mean = h
-        self.dcats: list[Tensor] | None = None  # [R(delta) | delta] per layer, with a gradient pass
+        self.deltas: list[Tensor] | None = None  # the gradient pass: gradients at every layer's output
         self.extra: dict[str, object] = {}
 
     def h(self, i: int) -> Tensor:
-        return self.cats[i][..., :self.widths[i]]
-
-    def h1(self, i: int) -> Tensor:
-        """``[h_i | 1]``."""
-        return self.cats[i][..., :self.widths[i] + 1]
-
-    def dh(self, i: int) -> Tensor:
-        return self.cats[i][..., self.widths[i] + 1:]
-
-    def set_deltas(self, deltas: list[Tensor]) -> None:
-        """Store the gradient pass (gradients at every layer's output) beside room for its R-operator."""
-        self.dcats = []
-        for d in deltas:
-            cat = d.new_empty(*d.shape[:2], 2 * d.shape[-1])
-            cat[..., d.shape[-1]:] = d
-            self.dcats.append(cat)
-
-    def delta(self, i: int) -> Tensor:
-        return self.dcats[i][..., self.dcats[i].shape[-1] // 2:]
+        return self.h1s[i][..., :self.widths[i]]
 
     def cast(self, dtype: torch.dtype | None) -> None:
         """Hold every tensor of the point in ``dtype`` (one conversion per meta-step; a tensor
@@ -186,7 +188,7 @@ class _Point:
                 return t[0].to(dtype).unsqueeze(0).expand_as(t)
             return t.to(dtype)
 
-        for name in ("weights", "biases", "free", "log_std", "mean", "cats", "slopes", "dcats"):
+        for name in ("weights", "biases", "free", "log_std", "mean", "h1s", "dhs", "slopes", "deltas"):
             setattr(self, name, to(getattr(self, name)))
         self.extra = {k: to(v) for k, v in self.extra.items()}
 
@@ -196,8 +198,9 @@ class _Point:
         take = lambda t: None if t is None else t[index]  # noqa: E731
         out.weights, out.biases = [take(t) for t in self.weights], [take(t) for t in self.biases]
         out.tanh, out.free, out.log_std, out.mean = self.tanh, take(self.free), take(self.log_std), take(self.mean)
-        out.widths, out.cats, out.slopes = self.widths, [take(t) for t in self.cats], [take(t) for t in self.slopes]
-        out.dcats = None if self.dcats is None else [take(t) for t in self.dcats]
+        out.widths, out.h1s, out.slopes = self.widths, [take(t) for t in self.h1s], [take(t) for t in self.slopes]
+        out.dhs = [take(t) for t in self.dhs]
+        out.deltas = None if self.deltas is None else [take(t) for t in self.deltas]
         out.extra = {k: [take(t) for t in v] if isinstance(v, list) else take(v) for k, v in self.extra.items()}
         return out
 
@@ -212,13 +215,13 @@ def _tangent(p: _Point, u: Params, weight_names: list[str], bias_names: list[str
     the point's buffer) and the output's ``d mu``."""
     dzs = []
     for i in range(len(p.weights)):
-        dW, db = u[weight_names[i]].transpose(1, 2), u[bias_names[i]].unsqueeze(1)
-        if i == 0:
-            dz = _mm(p.cats[0], _stack_rows(dW, db))
-        else:
+        dWb = _stack_rows(u[weight_names[i]].transpose(1, 2), u[bias_names[i]].unsqueeze(1))  # [dW^T; db]
+        if i > 0:
             dzs.append(dz)
-            torch.mul(p.slopes[i - 1], dz, out=p.dh(i))
-            dz = _mm(p.cats[i], _stack_rows(_stack_rows(dW, db), p.weights[i].transpose(1, 2)))
+            torch.mul(p.slopes[i - 1], dz, out=p.dhs[i])
+        dz = _mm(p.h1s[i], dWb)  # h dW^T + db
+        if i > 0:
+            _mm_add_(dz, p.dhs[i], p.weights[i].transpose(1, 2))  # + dh W^T
     return dzs, dz
 
 
@@ -229,32 +232,25 @@ def _backward(p: _Point, r_out: Tensor, weight_names: list[str], bias_names: lis
     gradient pass (with the direction ``u``, its tangents ``dzs`` and the ``dh`` left in the
     buffers; for tanh ``extra["curvatures"][l]`` is ``tanh''(z_l) e_l``, the hidden layer's second
     derivative times the gradient at its output)."""
-    grad_pass = p.dcats is not None
+    grad_pass = p.deltas is not None
     curvatures = p.extra.get("curvatures")
     out: Params = {}
-    last = len(p.weights) - 1
-    if grad_pass:
-        rd = p.dcats[last][..., :r_out.shape[-1]]
-        rd.copy_(r_out)
-    else:
-        rd = r_out
-    for i in range(last, -1, -1):
+    rd = r_out.contiguous()
+    for i in range(len(p.weights) - 1, -1, -1):
         width = p.widths[i]
-        gWb = _outer(rd, p.h1(i))  # [R(delta)^T h | R(delta)^T 1]
+        gWb = _outer(rd, p.h1s[i])  # [R(delta)^T h | R(delta)^T 1]
         gW = gWb[..., :width]
         if grad_pass and i > 0:
-            gW = _outer(p.delta(i), p.dh(i), gW.contiguous())
+            gW = _outer(p.deltas[i], p.dhs[i], gW.contiguous())
         out[weight_names[i]], out[bias_names[i]] = gW, gWb[..., width]
         if i == 0:
             break
-        if grad_pass:  # R(e) = R(delta) W + delta dW, one product of [R(delta) | delta] with [W; dW]
-            re = _mm(p.dcats[i], _stack_rows(p.weights[i], u[weight_names[i]]))
-            rd = p.dcats[i - 1][..., :re.shape[-1]]
-            torch.mul(p.slopes[i - 1], re, out=rd)
-            if curvatures is not None:
-                rd.addcmul_(curvatures[i - 1], dzs[i - 1])
-        else:
-            rd = p.slopes[i - 1] * _mm(rd, p.weights[i])
+        re = _mm(rd, p.weights[i])
+        if grad_pass:  # R(e) = R(delta) W + delta dW
+            _mm_add_(re, p.deltas[i], u[weight_names[i]])
+        rd = re.mul_(p.slopes[i - 1])
+        if grad_pass and curvatures is not None:
+            rd.addcmul_(curvatures[i - 1], dzs[i - 1])
     return out
 
 
@@ -304,7 +300,7 @@ class GaussianMLPCurvature:
                 deltas[i] = d
                 if i > 0:
                     d = point.slopes[i - 1] * _mm(d, point.weights[i])
-            point.set_deltas(deltas)
+            point.deltas = deltas
             if point.tanh:  # tanh'' e = -2 h tanh' e = -2 h delta (ReLU'' = 0)
                 point.extra["curvatures"] = [-2 * point.h(i + 1) * deltas[i] for i in range(len(point.slopes))]
             point.cast(self.dtype)

@@ -271,10 +271,9 @@ class MAMLTRPO:
             inner_hvps = [curvature.inner_loss_hvp(states[s], episodes, self.trpo.inner_objective)
                           if second_order else None for s, episodes in enumerate(train)]
             kl_hvps = {k: curvature.kl_hvp(states[k], self.scoring_episodes(train, valid, k)) for k in scored}
-            # The chain of products for a few tasks at a time: tasks are independent, and a chunk's
-            # intermediate tensors stay in the CPU's caches (the whole batch's would not). In
-            # bfloat16 the products loop over the tasks anyway (see curvature._bmm), and the whole
-            # batch at once measured faster than any chunking.
+            # The chain of products for a few tasks at a time in full precision (tasks are
+            # independent; see CHUNK_ROWS), the whole batch at once in bfloat16 (measured faster
+            # than any chunking).
             rows = max([e.per_task(e.mask).shape[1] for e in [*train, valid]])
             chunked = torch.device(valid.obs.device).type == "cpu" and dtype is None
             size = max(1, self.CHUNK_ROWS // rows) if chunked else M
@@ -324,10 +323,12 @@ class MAMLTRPO:
 
     CHUNK_ROWS = 16384
     """Rows (steps) per chunk of tasks in the closed-form Fisher-vector products on the CPU, in
-    full precision. One product, quiet 2-core CPU: HalfCheetahVel (40 tasks x 4,000 rows) 261-266 ms
-    at 8,192 rows, 265-269 at 16,384, 281-287 at 65,536; 2D navigation (20 x 2,000) 123-129 ms at
-    8,192-65,536. In bfloat16 the whole batch at once was fastest (HalfCheetahVel 133-139 ms against
-    147-152 at 16,384; navigation 67-68 against 74-78), so those products are not chunked."""
+    full precision, so that a chunk's intermediate tensors can stay in the CPU's caches. With the
+    products' packed operands it no longer matters on the batches measured: one product, quiet
+    2-core CPU, HalfCheetahVel (40 tasks x 2,000 rows) 214.7-218.0 ms at 8,192 rows to the whole
+    batch; 2D navigation (20 x 2,000) 103.3-107.0 ms. In bfloat16 the whole batch at once was
+    fastest (HalfCheetahVel 116 ms against 118 at 16,384 and 129 at 8,192; navigation 58 against
+    64 and 67), so those products are not chunked."""
 
     def closed_form_curvature(self, names: list[str]) -> bool:
         """Whether the Fisher-vector products use :mod:`rl_maml.rl.curvature` (``TRPOSettings.fvp``)."""
