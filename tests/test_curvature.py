@@ -140,13 +140,9 @@ def test_fisher_products_in_task_chunks_equal_the_whole_batch(monkeypatch, chunk
     torch.testing.assert_close(meta.fisher_vector_product(train, valid, 0.01)(v), whole, rtol=1e-9, atol=1e-11)
 
 
-@pytest.mark.parametrize("activation", ["relu", "tanh"])
-def test_bfloat16_fisher_products_are_the_full_precision_ones_to_bfloat16s_accuracy(activation):
-    """trpo.fvp_dtype=bfloat16: the same chain J^T F' J in bfloat16 (two inner steps, every step
-    scored, LVC, task chunks), returned in the direction's precision and within bfloat16's rounding
-    (8 significant bits) of the float64 product; the full-precision product stays exact."""
-    import dataclasses
-
+def _two_steps_lvc(activation: str):
+    """A float64 meta-learner with two inner steps, every step scored and the LVC objective, its
+    settings, train and validation episodes, and a direction for its Fisher-vector products."""
     from rl_maml.inner import ConstantStepSize, InnerLoop
     from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 
@@ -157,6 +153,17 @@ def test_bfloat16_fisher_products_are_the_full_precision_ones_to_bfloat16s_accur
     train, valid = [_episodes(10), _episodes(11)], _episodes(12)
     v = torch.randn(sum(p.numel() for p in policy.parameters()), generator=torch.Generator().manual_seed(0),
                     dtype=torch.float64)
+    return meta, settings, train, valid, v
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_bfloat16_fisher_products_are_the_full_precision_ones_to_bfloat16s_accuracy(activation):
+    """trpo.fvp_dtype=bfloat16: the same chain J^T F' J in bfloat16 (two inner steps, every step
+    scored, LVC), returned in the direction's precision and within bfloat16's rounding
+    (8 significant bits) of the float64 product; the full-precision product stays exact."""
+    import dataclasses
+
+    meta, settings, train, valid, v = _two_steps_lvc(activation)
     full = meta.fisher_vector_product(train, valid, 0.0)(v)
     meta.trpo = dataclasses.replace(settings, fvp_dtype="bfloat16")
     low = meta.fisher_vector_product(train, valid, 0.0)(v)
@@ -193,17 +200,9 @@ def test_bfloat16_products_read_only_packed_operands(monkeypatch, activation):
     ``mm`` per task or to a copy inside ``bmm``; the products still agree with full precision."""
     import dataclasses
 
-    from rl_maml.inner import ConstantStepSize, InnerLoop
     from rl_maml.rl import curvature
-    from rl_maml.rl.maml_trpo import MAMLTRPO, TRPOSettings
 
-    torch.manual_seed(0)
-    policy = GaussianMLPPolicy(OBS, ACT, (32, 32), activation, init_std=0.7).double()
-    settings = TRPOSettings(surrogate_steps="every", inner_objective="lvc")
-    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), 2), settings)
-    train, valid = [_episodes(10), _episodes(11)], _episodes(12)
-    v = torch.randn(sum(p.numel() for p in policy.parameters()), generator=torch.Generator().manual_seed(0),
-                    dtype=torch.float64)
+    meta, settings, train, valid, v = _two_steps_lvc(activation)
     full = meta.fisher_vector_product(train, valid, 0.0)(v)
     meta.trpo = dataclasses.replace(settings, fvp_dtype="bfloat16")
     fvp = meta.fisher_vector_product(train, valid, 0.0)  # the set-up runs in full precision
