@@ -110,14 +110,13 @@ def _stack_rows(top: Tensor, bottom: Tensor) -> Tensor:
 
 def _mm_add_(acc: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """``acc += a @ b`` in place for ``acc [M, K, q]`` (contiguous), ``a [M, K, p]``, ``b [M, p, q]``:
-    one GEMM over all tasks' rows when ``b`` is shared by the tasks, a batched GEMM otherwise."""
+    one GEMM over all tasks' rows when ``b`` is shared by the tasks, a batched GEMM otherwise
+    (every caller passes packed operands; see :class:`_Point`)."""
     M, K, p = a.shape
     if _shared(b):  # (out= rather than addmm_: FlopCounterMode counts the out= form, not the in-place one)
         b0 = b[0] if b[0].stride(0) == 1 else b[0].t().contiguous().t()
         flat = acc.view(M * K, -1)
         torch.addmm(flat, a.reshape(M * K, p), b0, out=flat)
-    elif a.device.type == "cpu" and a.dtype in (torch.bfloat16, torch.float16) and (_padded(a) or _padded(b)):
-        acc.copy_(_bmm(a, b, acc))
     else:
         torch.baddbmm(acc, a, b, out=acc)
     return acc
