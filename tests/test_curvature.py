@@ -220,6 +220,33 @@ def test_bfloat16_products_read_only_packed_operands(monkeypatch, activation):
     assert ((low - full).norm() / full.norm()).item() < 2e-2
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_relu_derivatives_are_bit_masks_that_gate_like_the_product(dtype):
+    """ReLU's 0/1 derivatives are held as integer masks of the products' width (all ones where the
+    unit is active), in the set-up's precision and after the cast to the products' one, and
+    gating by them is the elementwise product by the 0/1 derivative, out of place and in place
+    (where the unit is inactive it zeroes even an infinity, which the product would make NaN)."""
+    from rl_maml.rl import curvature
+
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(3, 2, hidden_sizes=(16, 16)).double()
+    with torch.no_grad():
+        point = curvature._Point(policy, expand_params(params_of(policy), 2), torch.randn(2, 7, 3, dtype=torch.float64))
+    assert all(s.dtype == torch.int64 and set(s.unique().tolist()) <= {-1, 0} for s in point.slopes)
+    point.cast(dtype)
+    bits = {torch.float64: torch.int64, torch.float32: torch.int32, torch.bfloat16: torch.int16}[dtype]
+    assert [s.dtype for s in point.slopes] == [bits, bits]
+    x = torch.randn(2, 7, 16).to(dtype)
+    x[0, 0, :4] = torch.tensor([0.0, -0.0, float("inf"), -3.0])
+    active = point.slopes[0] != 0
+    expected = torch.where(active, x, 0)
+    assert torch.equal(expected[active], (x * active.to(dtype))[active])
+    assert torch.equal(curvature._gated(x, point.slopes[0], out=torch.empty_like(x)), expected)
+    y = x.clone()
+    assert curvature._gated(y, point.slopes[0]) is y and torch.equal(y, expected)
+    assert active.any() and not active.all() and not active[0, 0, 2]  # both branches; the infinity gated off
+
+
 def _pulled_back_meta_gradient(meta, train, valid):
     """An independent meta-gradient: each scored surrogate's gradient at its adapted parameters
     (first order), pulled back through the inner steps ``theta_{s+1} = theta_s - alpha_s grad

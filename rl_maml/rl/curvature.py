@@ -100,6 +100,32 @@ def _bmm(a: Tensor, b: Tensor, acc: Tensor | None = None) -> Tensor:
     return out
 
 
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _gate(positive: Tensor, dtype: torch.dtype) -> Tensor:
+    """ReLU's derivative, ``positive`` (bool), as a bit mask for tensors of ``dtype``: the integer
+    of the same width, all ones where the unit is active and zero elsewhere (see :func:`_gated`)."""
+    return positive.to(_BITS[torch.empty((), dtype=dtype).element_size()]).neg_()
+
+
+def _gated(x: Tensor, slope: Tensor, out: Tensor | None = None) -> Tensor:
+    """``slope * x`` into ``out`` (in place in ``x`` without it): an elementwise product for a
+    floating-point ``slope`` (tanh), a bitwise AND of ``x``'s bits for ReLU's mask (:func:`_gate`).
+    The two agree except for the sign of a zero, and where the mask is zero the AND gives zero
+    for any ``x`` (the product gives NaN for an infinity); on the CPU the AND, an integer kernel over the same
+    bytes, ran 2-4x faster than the bfloat16 product on tensors out of cache (0.47 against 2.04 ms
+    in place on [20, 2000, 100]: in-place bfloat16 products are the slowest form)."""
+    if slope.is_floating_point():
+        return x.mul_(slope) if out is None else torch.mul(x, slope, out=out)
+    bits = slope.dtype
+    if out is None:
+        x.view(bits).bitwise_and_(slope)
+        return x
+    torch.bitwise_and(x.view(bits), slope, out=out.view(bits))
+    return out
+
+
 def _stack_rows(top: Tensor, bottom: Tensor) -> Tensor:
     """``[M, p, q]`` and ``[M, r, q]`` -> ``[M, p + r, q]``, one tensor expanded over the tasks when both are."""
     if _shared(top) and _shared(bottom):
@@ -133,9 +159,8 @@ class _Point:
     no sum taken over the rows. Each tensor a batched product reads is packed (its own buffer,
     not a slice of a wider one), so that the products run as one batched GEMM over the tasks in
     any precision: in bfloat16 PyTorch's CPU ``bmm`` copies every padded operand, and a loop of
-    one ``mm`` per task, the alternative, is slow at small row counts. ``dh_l``, the tangent of
-    each hidden layer's input along a product's direction, is written into the point's own
-    buffers; the gradient pass, when there is one, is ``deltas``."""
+    one ``mm`` per task, the alternative, is slow at small row counts. ReLU's derivatives are bit
+    masks (:func:`_gate`); the gradient pass, when there is one, is ``deltas``."""
 
     def __init__(self, policy: GaussianMLPPolicy, params: Params, x: Tensor):
         self.weights = [params[n] for n in _names(policy)[0]]
@@ -145,7 +170,7 @@ class _Point:
         self.free = (raw >= policy.min_log_std).to(raw.dtype)  # 0 where the clamp holds log_std
         self.log_std = raw.clamp(min=policy.min_log_std)
         self.widths = [x.shape[-1]] + [W.shape[1] for W in self.weights[:-1]]  # each layer's input width
-        self.h1s, self.dhs, self.slopes = [], [None], []
+        self.h1s, self.slopes = [], []
         M, K = x.shape[:2]
         h = x
         for i, (W, b) in enumerate(zip(self.weights, self.biases)):
@@ -160,9 +185,7 @@ class _Point:
             else:
                 positive = h > 0
                 torch.mul(h, positive, out=h1[..., :width])
-                self.slopes.append(positive.to(x.dtype))
-            if i > 0:
-                self.dhs.append(x.new_empty(M, K, width))
+                self.slopes.append(_gate(positive, x.dtype))
             self.h1s.append(h1)
             h = _mm(h1[..., :width], W.transpose(1, 2), bias=b)  # the next layer's pre-activation
         self.mean = h
@@ -183,11 +206,13 @@ class _Point:
                 return None
             if isinstance(t, list):
                 return [to(x) for x in t]
+            # ReLU's masks take the integer of the new width
+            to_dtype = dtype if t.is_floating_point() else _BITS[torch.empty((), dtype=dtype).element_size()]
             if _shared(t):
-                return t[0].to(dtype).unsqueeze(0).expand_as(t)
-            return t.to(dtype)
+                return t[0].to(to_dtype).unsqueeze(0).expand_as(t)
+            return t.to(to_dtype)
 
-        for name in ("weights", "biases", "free", "log_std", "mean", "h1s", "dhs", "slopes", "deltas"):
+        for name in ("weights", "biases", "free", "log_std", "mean", "h1s", "slopes", "deltas"):
             setattr(self, name, to(getattr(self, name)))
         self.extra = {k: to(v) for k, v in self.extra.items()}
 
@@ -198,7 +223,6 @@ class _Point:
         out.weights, out.biases = [take(t) for t in self.weights], [take(t) for t in self.biases]
         out.tanh, out.free, out.log_std, out.mean = self.tanh, take(self.free), take(self.log_std), take(self.mean)
         out.widths, out.h1s, out.slopes = self.widths, [take(t) for t in self.h1s], [take(t) for t in self.slopes]
-        out.dhs = [take(t) for t in self.dhs]
         out.deltas = None if self.deltas is None else [take(t) for t in self.deltas]
         out.extra = {k: [take(t) for t in v] if isinstance(v, list) else take(v) for k, v in self.extra.items()}
         return out
@@ -209,28 +233,34 @@ def _names(policy: GaussianMLPPolicy) -> tuple[list[str], list[str]]:
     return [f"mean.layers.{2 * i}.weight" for i in range(n)], [f"mean.layers.{2 * i}.bias" for i in range(n)]
 
 
-def _tangent(p: _Point, u: Params, weight_names: list[str], bias_names: list[str]) -> tuple[list[Tensor], Tensor]:
-    """Forward tangents along ``u``: ``dz_l`` of the hidden layers (each ``dh_{l+1}`` is left in
-    the point's buffer) and the output's ``d mu``."""
-    dzs = []
+def _tangent(p: _Point, u: Params, weight_names: list[str], bias_names: list[str]
+             ) -> tuple[list[Tensor], list[Tensor | None], Tensor]:
+    """Forward tangents along ``u``: ``dz_l`` of the hidden layers (kept for tanh only: ReLU's
+    products do not read them), ``dh_l`` of every layer's input (``None`` for the first) and the
+    output's ``d mu``."""
+    dzs, dhs = [], [None]
     for i in range(len(p.weights)):
         dWb = _stack_rows(u[weight_names[i]].transpose(1, 2), u[bias_names[i]].unsqueeze(1))  # [dW^T; db]
         if i > 0:
-            dzs.append(dz)
-            torch.mul(p.slopes[i - 1], dz, out=p.dhs[i])
+            if p.tanh:
+                dzs.append(dz)
+                dhs.append(_gated(dz, p.slopes[i - 1], out=torch.empty_like(dz)))
+            else:
+                dhs.append(_gated(dz, p.slopes[i - 1]))  # dz is not needed again: in place
         dz = _mm(p.h1s[i], dWb)  # h dW^T + db
         if i > 0:
-            _mm_add_(dz, p.dhs[i], p.weights[i].transpose(1, 2))  # + dh W^T
-    return dzs, dz
+            _mm_add_(dz, dhs[i], p.weights[i].transpose(1, 2))  # + dh W^T
+    return dzs, dhs, dz
 
 
 def _backward(p: _Point, r_out: Tensor, weight_names: list[str], bias_names: list[str],
-              u: Params | None = None, dzs: list[Tensor] | None = None) -> Params:
+              u: Params | None = None, dzs: list[Tensor] | None = None, dhs: list[Tensor | None] | None = None
+              ) -> Params:
     """Backward pass of ``R(delta)`` from the output's ``r_out [M, K, A]``: the gradient of
     ``sum_i r_out_i . mu_i`` when the point holds no gradient pass, else the R-operator of that
-    gradient pass (with the direction ``u``, its tangents ``dzs`` and the ``dh`` left in the
-    buffers; for tanh ``extra["curvatures"][l]`` is ``tanh''(z_l) e_l``, the hidden layer's second
-    derivative times the gradient at its output)."""
+    gradient pass (with the direction ``u`` and its tangents ``dzs`` and ``dhs`` from
+    :func:`_tangent`; for tanh ``extra["curvatures"][l]`` is ``tanh''(z_l) e_l``, the hidden
+    layer's second derivative times the gradient at its output)."""
     grad_pass = p.deltas is not None
     curvatures = p.extra.get("curvatures")
     out: Params = {}
@@ -240,14 +270,14 @@ def _backward(p: _Point, r_out: Tensor, weight_names: list[str], bias_names: lis
         gWb = _outer(rd, p.h1s[i])  # [R(delta)^T h | R(delta)^T 1]
         gW = gWb[..., :width]
         if grad_pass and i > 0:
-            gW = _outer(p.deltas[i], p.dhs[i], gW.contiguous())
+            gW = _outer(p.deltas[i], dhs[i], gW.contiguous())
         out[weight_names[i]], out[bias_names[i]] = gW, gWb[..., width]
         if i == 0:
             break
         re = _mm(rd, p.weights[i])
         if grad_pass:  # R(e) = R(delta) W + delta dW
             _mm_add_(re, p.deltas[i], u[weight_names[i]])
-        rd = re.mul_(p.slopes[i - 1])
+        rd = _gated(re, p.slopes[i - 1])
         if grad_pass and curvatures is not None:
             rd.addcmul_(curvatures[i - 1], dzs[i - 1])
     return out
@@ -298,7 +328,7 @@ class GaussianMLPCurvature:
             for i in range(len(point.weights) - 1, -1, -1):
                 deltas[i] = d
                 if i > 0:
-                    d = point.slopes[i - 1] * _mm(d, point.weights[i])
+                    d = _gated(_mm(d, point.weights[i]), point.slopes[i - 1])
             point.deltas = deltas
             if point.tanh:  # tanh'' e = -2 h tanh' e = -2 h delta (ReLU'' = 0)
                 point.extra["curvatures"] = [-2 * point.h(i + 1) * deltas[i] for i in range(len(point.slopes))]
@@ -310,7 +340,7 @@ class GaussianMLPCurvature:
             u = self._in_precision(u)
             c, inv_var, r, z2 = (p.extra[k] for k in ("c", "inv_var", "r", "z2"))
             with torch.no_grad():
-                dzs, dmu = _tangent(p, u, self.weight_names, self.bias_names)
+                dzs, dhs, dmu = _tangent(p, u, self.weight_names, self.bias_names)
                 ds = (u["log_std"] * p.free).unsqueeze(1)  # [M, 1, A]
                 # logp's second derivatives: d2/dmu2 = -1/sigma^2, d2/dmu dls = -2 r, d2/dls2 = -2 z^2;
                 # LVC adds the outer product of logp's gradient with itself.
@@ -320,7 +350,7 @@ class GaussianMLPCurvature:
                     q = (r * dmu).sum(-1, keepdim=True) + ((z2 - 1) * ds).sum(-1, keepdim=True)
                     r_mu = r_mu + q * r
                     r_ls = r_ls + q * (z2 - 1)
-                out = _backward(p, c * r_mu, self.weight_names, self.bias_names, u, dzs)
+                out = _backward(p, c * r_mu, self.weight_names, self.bias_names, u, dzs, dhs)
                 out["log_std"] = (c * r_ls).sum(1) * p.free
             return out
 
@@ -341,7 +371,7 @@ class GaussianMLPCurvature:
             p = point if tasks == slice(None) else point.tasks(tasks)
             u = self._in_precision(u)
             with torch.no_grad():
-                _, dmu = _tangent(p, u, self.weight_names, self.bias_names)
+                _, _, dmu = _tangent(p, u, self.weight_names, self.bias_names)
                 out = _backward(p, p.extra["scale"] * dmu, self.weight_names, self.bias_names)
                 out["log_std"] = p.extra["ls_weight"] * u["log_std"] * p.free
             return out
