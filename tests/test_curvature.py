@@ -245,6 +245,8 @@ def test_relu_derivatives_are_bit_masks_that_gate_like_the_product(dtype):
     y = x.clone()
     assert curvature._gated(y, point.slopes[0]) is y and torch.equal(y, expected)
     assert active.any() and not active.all() and not active[0, 0, 2]  # both branches; the infinity gated off
+    with pytest.raises(TypeError, match="cast the point"):
+        curvature._gated(x.to(torch.float16 if dtype != torch.bfloat16 else torch.float32), point.slopes[0])
 
 
 def _pulled_back_meta_gradient(meta, train, valid):

@@ -119,6 +119,9 @@ def _gated(x: Tensor, slope: Tensor, out: Tensor | None = None) -> Tensor:
     if slope.is_floating_point():
         return x.mul_(slope) if out is None else torch.mul(x, slope, out=out)
     bits = slope.dtype
+    if x.element_size() != slope.element_size():
+        raise TypeError(f"a ReLU mask of {bits} gates tensors of its width, got {x.dtype}: cast the point "
+                        f"(_Point.cast) to the products' precision first")
     if out is None:
         x.view(bits).bitwise_and_(slope)
         return x
