@@ -103,10 +103,15 @@ def _bmm(a: Tensor, b: Tensor, acc: Tensor | None = None) -> Tensor:
 _BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def _mask_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The integer of ``dtype``'s width: the dtype of ReLU's masks for tensors of ``dtype``."""
+    return _BITS[dtype.itemsize]
+
+
 def _gate(positive: Tensor, dtype: torch.dtype) -> Tensor:
     """ReLU's derivative, ``positive`` (bool), as a bit mask for tensors of ``dtype``: the integer
     of the same width, all ones where the unit is active and zero elsewhere (see :func:`_gated`)."""
-    return positive.to(_BITS[torch.empty((), dtype=dtype).element_size()]).neg_()
+    return positive.to(_mask_dtype(dtype)).neg_()
 
 
 def _gated(x: Tensor, slope: Tensor, out: Tensor | None = None) -> Tensor:
@@ -210,8 +215,7 @@ class _Point:
                 return None
             if isinstance(t, list):
                 return [to(x) for x in t]
-            # ReLU's masks take the integer of the new width
-            to_dtype = dtype if t.is_floating_point() else _BITS[torch.empty((), dtype=dtype).element_size()]
+            to_dtype = dtype if t.is_floating_point() else _mask_dtype(dtype)  # ReLU's masks: the new width
             if _shared(t):
                 return t[0].to(to_dtype).unsqueeze(0).expand_as(t)
             return t.to(to_dtype)
