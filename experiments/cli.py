@@ -254,7 +254,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     import shutil
 
     from rl_maml.checkpoint import atomic_write_bytes, checkpoint_path
-    from rl_maml.training import BEST_CHECKPOINT, BEST_RECORD, best_record, checkpoint_totals
+    from rl_maml.training import BEST_CHECKPOINT, BEST_RECORD, RUN_RECORD, best_record, checkpoint_totals
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     if not (run_dir / "config.yaml").is_file():
@@ -280,10 +280,16 @@ def cmd_export(args: argparse.Namespace) -> int:
             shutil.copyfile(ckpts / filename, out / "checkpoints" / filename)
         else:
             (out / "checkpoints" / filename).unlink(missing_ok=True)
-    info = {"checkpoint": name.as_posix(), **totals, "command": args.command}
+    command = args.command
+    if command is None and (run_dir / RUN_RECORD).is_file():  # a copied export trained on: keep its command
+        try:
+            command = json.loads((run_dir / RUN_RECORD).read_text()).get("command")
+        except (ValueError, AttributeError):
+            command = None
+    info = {"checkpoint": name.as_posix(), **totals, "command": command}
     if keep_best:
         info["best"] = {"checkpoint": f"checkpoints/{BEST_CHECKPOINT}", **record}
-    atomic_write_bytes(out / "run.json", (json.dumps(info, indent=2) + "\n").encode())
+    atomic_write_bytes(out / RUN_RECORD, (json.dumps(info, indent=2) + "\n").encode())
     extra = f" from {source.name}" if source.name != name.name else ""
     if keep_best:
         extra += f", {BEST_CHECKPOINT} (iteration {info['best']['iteration']})"

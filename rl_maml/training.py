@@ -55,6 +55,10 @@ def save_learners(path: Path, iteration: int, learners: Mapping[str, Learner],
 
 BEST_CHECKPOINT = "best.pt"
 BEST_RECORD = "best.json"
+RUN_RECORD = "run.json"
+"""What ``rl-maml export`` writes beside the checkpoint it exports: the checkpoint, its iteration,
+wall-clock time and env steps, and the command. A run folder copied from an exported one and
+trained on keeps it current (:meth:`Trainer.save`)."""
 
 
 def best_record(ckpt_dir: Path) -> dict | None:
@@ -243,7 +247,30 @@ class Trainer:
             return path
         save_learners(path, iteration, self.learners, self.totals)
         prune_checkpoints(self.ckpt_dir, self.keep_checkpoints)
+        if (self.run_dir / RUN_RECORD).is_file():
+            self._refresh_run_record(iteration, path)
         return path
+
+    def _refresh_run_record(self, iteration: int, path: Path) -> None:
+        """Make a copied export's ``run.json`` describe the checkpoint just written, so that it never
+        names one that ``--resume`` and ``rl-maml eval`` no longer take. The command is kept;
+        ``continued_from`` records the exported iteration the training went on from."""
+        record = self.run_dir / RUN_RECORD
+        try:
+            old = json.loads(record.read_text())
+        except (OSError, ValueError):
+            old = None
+        if not isinstance(old, dict):
+            old = {}  # damaged: rewritten from what the run itself knows
+        info = {"checkpoint": path.relative_to(self.run_dir).as_posix(), "iteration": iteration, **self.totals,
+                "command": old.get("command")}
+        start = old.get("continued_from", old.get("iteration"))
+        if isinstance(start, int) and start < iteration:
+            info["continued_from"] = start
+        best = best_record(self.ckpt_dir) if (self.ckpt_dir / BEST_CHECKPOINT).is_file() else None
+        if best is not None and best["iteration"] <= iteration:
+            info["best"] = {"checkpoint": f"{self.ckpt_dir.name}/{BEST_CHECKPOINT}", **best}
+        atomic_write_bytes(record, (json.dumps(info, indent=2) + "\n").encode())
 
     def run(self, start_iteration: int = 0) -> dict[str, float]:
         """Train from ``start_iteration`` to ``num_iterations``; returns the last logged metrics.

@@ -414,6 +414,15 @@ def test_keep_best_selects_on_validation_and_exports_the_best_checkpoint(tmp_pat
     assert info["iteration"] == 6 and info["best"] == {"checkpoint": "checkpoints/best.pt", **record}
     assert sorted(p.name for p in (tmp_path / "newest" / "checkpoints").iterdir()) == \
         ["best.json", "best.pt", "iter_0000006.pt"]
+    # a copy trained on keeps its run.json current, the best included
+    import shutil
+    shutil.copytree(tmp_path / "newest", tmp_path / "cont")
+    assert main(["train", "--resume", "--run-dir", str(tmp_path / "cont"), "train.num_iterations=8",
+                 "--no-progress"]) == 0
+    info = json.loads((tmp_path / "cont" / "run.json").read_text())
+    best = json.loads((tmp_path / "cont" / "checkpoints" / "best.json").read_text())
+    assert info["checkpoint"] == "checkpoints/iter_0000008.pt" and info["iteration"] == 8
+    assert info["continued_from"] == 6 and info["best"] == {"checkpoint": "checkpoints/best.pt", **best}
     assert main(["export", str(run), "--out", str(tmp_path / "newest"), "--checkpoint",
                  str(run / "checkpoints" / "best.pt")]) == 0  # the same folder, now the best alone
     assert [p.name for p in (tmp_path / "newest" / "checkpoints").iterdir()] == [f"iter_{record['iteration']:07d}.pt"]

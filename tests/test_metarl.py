@@ -341,7 +341,14 @@ def test_export_resume_and_evaluate_from_the_exported_folder(tmp_path, capsys):
     c = load_checkpoint(tmp_path / "c" / "checkpoints" / "iter_0000004.pt")
     pa, pc = a["learners"]["maml"]["policy"], c["learners"]["maml"]["policy"]
     assert all(torch.equal(pa[k], pc[k]) for k in pa) and a["totals"]["env_steps"] == c["totals"]["env_steps"]
+    # The copied run.json follows the training: it names the checkpoint --resume now takes
+    info = json.loads((tmp_path / "c" / "run.json").read_text())
+    assert info["checkpoint"] == "checkpoints/iter_0000004.pt" and info["iteration"] == 4
+    assert info["env_steps"] == c["totals"]["env_steps"] and info["wall_clock_s"] == c["totals"]["wall_clock_s"]
+    assert info["command"] == "rl-maml train ..." and info["continued_from"] == 2
     assert main(["export", str(tmp_path / "c"), "--out", str(tmp_path / "shared")]) == 0  # updated in place
+    info = json.loads((tmp_path / "shared" / "run.json").read_text())
+    assert info["iteration"] == 4 and info["command"] == "rl-maml train ..."  # the command carried over
     assert sorted(p.name for p in (tmp_path / "shared" / "checkpoints").iterdir()) == ["iter_0000004.pt"]
     assert main(["eval", str(tmp_path / "c"), "eval.baselines=[random]"]) == 0
     capsys.readouterr()
