@@ -267,7 +267,10 @@ class Trainer:
         start = old.get("continued_from", old.get("iteration"))
         if isinstance(start, int) and start < iteration:
             info["continued_from"] = start
-        best = best_record(self.ckpt_dir) if (self.ckpt_dir / BEST_CHECKPOINT).is_file() else None
+        try:
+            best = best_record(self.ckpt_dir) if (self.ckpt_dir / BEST_CHECKPOINT).is_file() else None
+        except CheckpointError:  # a damaged best.json is reported where it is used (resume, export), not here
+            best = None
         if best is not None and best["iteration"] <= iteration:
             info["best"] = {"checkpoint": f"{self.ckpt_dir.name}/{BEST_CHECKPOINT}", **best}
         atomic_write_bytes(record, (json.dumps(info, indent=2) + "\n").encode())
