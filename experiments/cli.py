@@ -253,8 +253,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     import json
     import shutil
 
-    from rl_maml.checkpoint import atomic_write_bytes, checkpoint_path
-    from rl_maml.training import BEST_CHECKPOINT, BEST_RECORD, RUN_RECORD, best_record, checkpoint_totals
+    from rl_maml.checkpoint import checkpoint_path
+    from rl_maml.training import (BEST_CHECKPOINT, BEST_RECORD, RUN_RECORD, best_record, checkpoint_totals,
+                                  write_run_record)
 
     run_dir, out = Path(args.run_dir), Path(args.out)
     if not (run_dir / "config.yaml").is_file():
@@ -286,10 +287,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             command = json.loads((run_dir / RUN_RECORD).read_text()).get("command")
         except (ValueError, AttributeError):
             command = None
-    info = {"checkpoint": name.as_posix(), **totals, "command": command}
-    if keep_best:
-        info["best"] = {"checkpoint": f"checkpoints/{BEST_CHECKPOINT}", **record}
-    atomic_write_bytes(out / RUN_RECORD, (json.dumps(info, indent=2) + "\n").encode())
+    info = write_run_record(out, name.as_posix(), totals, command, best=record if keep_best else None)
     extra = f" from {source.name}" if source.name != name.name else ""
     if keep_best:
         extra += f", {BEST_CHECKPOINT} (iteration {info['best']['iteration']})"

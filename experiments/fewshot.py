@@ -170,8 +170,20 @@ class Dataset:
             raise ConfigError(f"{split} split: {e}") from None
 
 
+def image_shape(dataset: str) -> tuple[int, int]:
+    """``(channels, size)`` of the images of data set ``dataset`` as the loaders return them."""
+    if dataset == "omniglot":
+        from rl_maml.tasks.omniglot import IMAGE_SIZE
+
+        return 1, IMAGE_SIZE
+    from rl_maml.tasks.miniimagenet import IMAGE_SIZE
+
+    return 3, IMAGE_SIZE
+
+
 def load_dataset(cfg: DataConfig) -> Dataset:
     """Load (from the cache when possible) and split the configured data set."""
+    channels, size = image_shape(cfg.dataset)
     if cfg.dataset == "omniglot":
         from rl_maml.tasks.omniglot import load_omniglot, omniglot_splits
 
@@ -179,11 +191,11 @@ def load_dataset(cfg: DataConfig) -> Dataset:
         s = omniglot_splits(data.names, cfg.split_seed)
         idx = {k: torch.from_numpy(v) for k, v in vars(s).items()}
         return Dataset(data.images[idx["train"]], data.images[idx["val"]], data.images[idx["test"]],
-                       channels=1, image_size=28, rotate=True, invert=True)
-    from rl_maml.tasks.miniimagenet import IMAGE_SIZE, load_miniimagenet
+                       channels=channels, image_size=size, rotate=True, invert=True)
+    from rl_maml.tasks.miniimagenet import load_miniimagenet
 
     splits = load_miniimagenet(cfg.root, cfg.cache_dir)
-    return Dataset(splits["train"], splits["val"], splits["test"], channels=3, image_size=IMAGE_SIZE,
+    return Dataset(splits["train"], splits["val"], splits["test"], channels=channels, image_size=size,
                    rotate=False, invert=False)
 
 

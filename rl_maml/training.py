@@ -61,6 +61,21 @@ wall-clock time and env steps, and the command. A run folder copied from an expo
 trained on keeps it current (:meth:`Trainer.save`)."""
 
 
+def write_run_record(folder: Path, checkpoint: str, totals: Mapping[str, float], command: str | None,
+                     best: dict | None = None, continued_from: int | None = None) -> dict:
+    """Write ``folder/run.json`` (atomically) for checkpoint ``checkpoint`` (relative to ``folder``)
+    with the ``totals`` it records (``iteration``, ``wall_clock_s``, ``env_steps``), the command, the
+    iteration a copied export went on from, and the best checkpoint's record when it travels with
+    it; returns what was written."""
+    info = {"checkpoint": checkpoint, **totals, "command": command}
+    if continued_from is not None:
+        info["continued_from"] = continued_from
+    if best is not None:
+        info["best"] = {"checkpoint": f"checkpoints/{BEST_CHECKPOINT}", **best}
+    atomic_write_bytes(Path(folder) / RUN_RECORD, (json.dumps(info, indent=2) + "\n").encode())
+    return info
+
+
 def best_record(ckpt_dir: Path) -> dict | None:
     """What ``ckpt_dir/best.json`` says of the best checkpoint (``iteration``, ``metric``, ``mode``,
     ``value``), or ``None`` when the run keeps none."""
@@ -262,18 +277,15 @@ class Trainer:
             old = None
         if not isinstance(old, dict):
             old = {}  # damaged: rewritten from what the run itself knows
-        info = {"checkpoint": path.relative_to(self.run_dir).as_posix(), "iteration": iteration, **self.totals,
-                "command": old.get("command")}
         start = old.get("continued_from", old.get("iteration"))
-        if isinstance(start, int) and start < iteration:
-            info["continued_from"] = start
         try:
             best = best_record(self.ckpt_dir) if (self.ckpt_dir / BEST_CHECKPOINT).is_file() else None
         except CheckpointError:  # a damaged best.json is reported where it is used (resume, export), not here
             best = None
-        if best is not None and best["iteration"] <= iteration:
-            info["best"] = {"checkpoint": f"{self.ckpt_dir.name}/{BEST_CHECKPOINT}", **best}
-        atomic_write_bytes(record, (json.dumps(info, indent=2) + "\n").encode())
+        write_run_record(self.run_dir, path.relative_to(self.run_dir).as_posix(),
+                         {"iteration": iteration, **self.totals}, old.get("command"),
+                         best=best if best is not None and best["iteration"] <= iteration else None,
+                         continued_from=start if isinstance(start, int) and start < iteration else None)
 
     def run(self, start_iteration: int = 0) -> dict[str, float]:
         """Train from ``start_iteration`` to ``num_iterations``; returns the last logged metrics.

@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 from rl_maml.experiments.cli import build_config
-from rl_maml.experiments.fewshot import Dataset, build_learner
+from rl_maml.experiments.fewshot import Dataset, build_learner, image_shape
 
 from rl_maml.api import MetaPolicy
 from rl_maml.checkpoint import latest_checkpoint
 from rl_maml.config import load_yaml
-from rl_maml.tasks.miniimagenet import IMAGE_SIZE as MINIIMAGENET_SIZE
 from rl_maml.training import load_learners
 
 ROOT = Path(__file__).resolve().parents[1] / "experiments" / "checkpoints"
@@ -40,7 +39,7 @@ def test_committed_checkpoint_loads_into_its_configs_model(folder):
         assert info["env_steps"] > 0
         assert MetaPolicy.load(folder).iteration == info["iteration"]
     else:  # the conv-4 needs only the data's image shape, not the images
-        channels, size = (1, 28) if cfg.data.dataset == "omniglot" else (3, MINIIMAGENET_SIZE)
+        channels, size = image_shape(cfg.data.dataset)
         empty = torch.zeros(0, channels, size, size)
         learner = build_learner(cfg, torch.device("cpu"), Dataset(empty, empty, empty, channels=channels,
                                                                   image_size=size, rotate=False, invert=False))
