@@ -71,7 +71,9 @@ class EnvConfig:
     """HalfCheetahDir and AntDir only: the probability of a forward task (direction +1) in the
     task distribution (training, and sampled test tasks), null: 1/2, as the MAML paper's final
     code. The paper's evaluated AntDir snapshot was trained with the code of the ICML deadline,
-    whose goals U(0.1, 0.8) ran forward from 0.4: a forward fraction of 4/7 (docs/locomotion.md)."""
+    whose goals U(0.1, 0.8) ran forward from 0.4: a forward fraction of 4/7 (docs/locomotion.md).
+    1 (or 0) keeps one direction only: with ``inner.num_inner_steps=0`` that is plain TRPO on a
+    single task, the MAML paper's oracle check (docs/locomotion.md)."""
     vectorization: Literal["sync", "async"] = "sync"
     """With ``id``: step the episodes in one process (sync; cheap envs) or one process per env
     (async; slow envs), through Gymnasium's vector envs."""
@@ -127,8 +129,9 @@ class EnvConfig:
         if self.forward_fraction is not None and self.name not in ("HalfCheetahDir", "AntDir"):
             raise ConfigError(f"env.forward_fraction applies to the direction families (HalfCheetahDir, AntDir), "
                               f"not {self.name}; leave it null")
-        if self.forward_fraction is not None and not 0 < self.forward_fraction < 1:
-            raise ConfigError(f"env.forward_fraction is a probability in (0, 1) (null: 1/2), got {self.forward_fraction}")
+        if self.forward_fraction is not None and not 0 <= self.forward_fraction <= 1:
+            raise ConfigError(f"env.forward_fraction is a probability in [0, 1] (null: 1/2; 1: forward tasks only), "
+                              f"got {self.forward_fraction}")
         if self.goal_region is not None and self.name != "Navigation2D":
             raise ConfigError(f"env.goal_region applies to Navigation2D only ({self.name} has no goal region); "
                               f"leave it null")

@@ -180,7 +180,7 @@ def test_resume_is_exact(tmp_path):
     ("half_cheetah_dir_maml", "env.goal_region=disc", "env.goal_region applies to Navigation2D only"),
     ("navigation", "env.goal_region=circle", "env.goal_region: expected one of 'square', 'disc' or null, got 'circle'"),
     ("ant_vel_maml", "env.forward_fraction=0.6", "env.forward_fraction applies to the direction families"),
-    ("ant_dir_maml", "env.forward_fraction=1.0", "env.forward_fraction is a probability in (0, 1)"),
+    ("ant_dir_maml", "env.forward_fraction=1.5", "env.forward_fraction is a probability in [0, 1]"),
     ("navigation", "train.device=gpu", "train.device 'gpu' is not a torch device (use cpu, cuda, cuda:N or auto)"),
 ])
 def test_rl_config_errors(preset, override, message, tmp_path, capsys):
@@ -404,6 +404,9 @@ def test_forward_fraction_weights_the_direction_tasks():
     assert np.array_equal(plain.sample_tasks(50, np.random.default_rng(1))["direction"],
                           np.random.default_rng(1).choice([-1.0, 1.0], size=50))
     assert plain.TASKS is CHEETAH_DIR_TASKS  # the family's own space is left alone
+    for fraction, direction in ((1.0, 1.0), (0.0, -1.0)):  # one direction only: the single-task check
+        one_way = load_config("half_cheetah_dir_maml", [f"env.forward_fraction={fraction}"]).env.make(2, torch.device("cpu"))
+        assert (one_way.sample_tasks(500, np.random.default_rng(2))["direction"] == direction).all()
     preset = load_config("ant_dir_maml_icml")
     assert preset.env.forward_fraction == pytest.approx(4 / 7)
     with pytest.raises(ValueError, match="one probability per choice"):
