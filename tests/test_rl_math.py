@@ -225,6 +225,60 @@ def test_structured_fvp_equals_autograd_through_the_full_graph(float64, case, me
         assert torch.allclose(structured(v), reference(v), atol=1e-10, rtol=1e-8)
 
 
+def test_finite_difference_fvp_is_the_references_product(float64):
+    """trpo.fvp=finite_difference: the symmetric difference of the KL's gradient through the
+    adaptation at theta +- (fd_eps / |theta|) v. With a small fd_eps it is the exact product; with
+    the reference's fd_eps=1 it is that difference by hand (not the exact product), and the
+    parameters come back bit for bit."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
+    train, valid = [tiny_episodes(seed=1)], tiny_episodes(seed=9)
+    params = list(policy.parameters())
+    before = flat([p.detach() for p in params]).clone()
+    exact_meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings())
+    _, kl, old = exact_meta.meta_objective(exact_meta.adapt_all(train), train, valid)
+    exact = fisher_vector_product(kl, params, damping=0.01)
+    v = torch.randn(before.numel(), generator=torch.Generator().manual_seed(3))
+    exact_v = exact(v)  # before the products below move the parameters in place (and back)
+
+    small = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings(fvp="finite_difference", fd_eps=1e-6))
+    torch.testing.assert_close(small.finite_difference_fvp(train, valid, 0.01, old)(v), exact_v, rtol=1e-6, atol=1e-8)
+
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings(fvp="finite_difference"))
+    product = meta.finite_difference_fvp(train, valid, 0.01, old)(v)
+    assert torch.equal(flat([p.detach() for p in params]), before)
+    eps = 1.0 / (before.norm().item() + 1e-8)  # the reference: base_eps / (norm(theta) + 1e-8)
+
+    def kl_grad(theta):
+        with torch.no_grad():
+            for p, c in zip(params, torch.split(theta, [p.numel() for p in params])):
+                p.copy_(c.view_as(p))
+        _, k, _ = meta.meta_objective(meta.adapt_all(train), train, valid, old)
+        return flat(torch.autograd.grad(k, params))
+
+    by_hand = (kl_grad(before + eps * v) - kl_grad(before - eps * v)) / (2 * eps) + 0.01 * v
+    torch.testing.assert_close(product, by_hand, rtol=1e-10, atol=1e-12)
+    assert (product - exact_v).norm() > 1e-3 * exact_v.norm()  # at eps = 1/|theta| it is not the exact product
+
+
+def test_finite_difference_meta_step_trains_and_checks_its_settings(float64):
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (5,), "tanh")
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3), 1), TRPOSettings(fvp="finite_difference", max_kl=1e-3))
+    train, valid = [tiny_episodes(seed=1)], tiny_episodes(seed=9)
+    before = flat([p.detach() for p in policy.parameters()]).clone()
+    logs = meta.meta_step(train, valid)
+    assert logs["charts/ls_accepted"] == 1.0 and logs["losses/kl_after"] <= 1e-3
+    assert logs["losses/surrogate_after"] < logs["losses/surrogate_before"]
+    assert not torch.equal(flat([p.detach() for p in policy.parameters()]), before)
+    with pytest.raises(ValueError, match="fd_eps must be > 0"):
+        TRPOSettings(fvp="finite_difference", fd_eps=0.0)
+    with pytest.raises(ValueError, match="trpo.fvp_subsample=1.0"):
+        TRPOSettings(fvp="finite_difference", fvp_subsample=0.5)
+    with pytest.raises(ValueError, match="keep fvp=finite_difference"):
+        TRPOSettings(fvp="finite_difference", fvp_dtype="bfloat16")
+
+
 def test_line_search_rejects_and_restores_exactly():
     w = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     before = w.detach().clone()

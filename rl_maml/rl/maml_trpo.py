@@ -24,7 +24,7 @@ from rl_maml.rl.curvature import GaussianMLPCurvature
 from rl_maml.rl.curvature import supports as curvature_supports
 from rl_maml.rl.episodes import Episodes
 from rl_maml.rl.policy import GaussianMLPPolicy, kl_divergence, log_prob
-from rl_maml.rl.trpo import conjugate_gradient, flat, line_search
+from rl_maml.rl.trpo import conjugate_gradient, flat, line_search, set_flat_
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,16 @@ class TRPOSettings:
     ``closed_form``: written out layer by layer for the Gaussian MLP policy
     (:mod:`rl_maml.rl.curvature`; exact, about 1.8x faster than double backward on
     HalfCheetahVel). ``autograd``: double backward,
-    for any policy. ``auto``: ``closed_form`` where it applies, else ``autograd``."""
+    for any policy. ``auto``: ``closed_form`` where it applies, else ``autograd``.
+    ``finite_difference``: what the MAML paper's code ran, not the exact curvature: the symmetric
+    difference of the KL's gradient (through the adaptation) at ``theta +- eps v``, with ``eps =
+    fd_eps / |theta|`` (rllab's TensorFlow ``ConjugateGradientOptimizer`` defaulted to
+    ``FiniteDifferenceHvp(num_slices)``, whose first argument is the base eps: 1). At that eps the
+    product is not linear in ``v``; ``x^T A x`` for the step size is then one more product at the
+    direction, as the reference computed it. Any policy; two meta-gradient passes per product."""
+    fd_eps: float = 1.0
+    """``trpo.fvp=finite_difference`` only: the perturbation is ``fd_eps / |theta|`` along ``v``
+    (1.0: the reference's)."""
     fvp_dtype: str = "same"
     """The precision of the closed-form Fisher-vector products. ``same``: the policy's (float32).
     ``bfloat16``: the products' inputs, intermediate tensors and matrix products in bfloat16
@@ -98,13 +107,18 @@ class TRPOSettings:
                              f"0 < ls_backtrack_ratio < 1 and 0 < fvp_subsample <= 1, got {self}")
         if self.surrogate_steps not in ("final", "every"):
             raise ValueError(f"surrogate_steps must be 'final' or 'every', got {self.surrogate_steps!r}")
-        if self.fvp not in ("auto", "closed_form", "autograd"):
-            raise ValueError(f"fvp must be 'auto', 'closed_form' or 'autograd', got {self.fvp!r}")
+        if self.fvp not in ("auto", "closed_form", "autograd", "finite_difference"):
+            raise ValueError(f"fvp must be 'auto', 'closed_form', 'autograd' or 'finite_difference', got {self.fvp!r}")
         if self.fvp_dtype not in ("same", "bfloat16"):
             raise ValueError(f"fvp_dtype must be 'same' or 'bfloat16', got {self.fvp_dtype!r}")
-        if self.fvp_dtype != "same" and self.fvp == "autograd":
-            raise ValueError("fvp_dtype=bfloat16 needs the closed-form products: set trpo.fvp=auto "
-                             "(or closed_form), or trpo.fvp_dtype=same to keep fvp=autograd")
+        if self.fvp_dtype != "same" and self.fvp in ("autograd", "finite_difference"):
+            raise ValueError(f"fvp_dtype=bfloat16 needs the closed-form products: set trpo.fvp=auto "
+                             f"(or closed_form), or trpo.fvp_dtype=same to keep fvp={self.fvp}")
+        if not self.fd_eps > 0:
+            raise ValueError(f"fd_eps must be > 0 (the reference's: 1.0), got {self.fd_eps}")
+        if self.fvp == "finite_difference" and self.fvp_subsample < 1:
+            raise ValueError("fvp=finite_difference differentiates the KL on all episodes; set trpo.fvp_subsample=1.0 "
+                             "or use the exact products (fvp=auto)")
         if self.inner_objective not in ("reinforce", "lvc"):
             raise ValueError(f"inner_objective must be 'reinforce' or 'lvc', got {self.inner_objective!r}")
 
@@ -321,6 +335,34 @@ class MAMLTRPO:
 
         return fvp
 
+    def finite_difference_fvp(self, train: list[Episodes], valid: Episodes, damping: float,
+                              old: list[tuple[Tensor, Tensor]]) -> Callable[[Tensor], Tensor]:
+        """``v -> (g(theta + eps v) - g(theta - eps v)) / (2 eps) + damping v``, ``g`` the gradient of
+        the meta-step's KL (adapted again at each point, against the distributions ``old`` of the
+        adapted policies before the step) and ``eps = trpo.fd_eps / |theta|``: the MAML paper's
+        code's product (``TRPOSettings.fvp``). The parameters are restored after each product."""
+        params = list(self.policy.parameters())
+        theta = flat([p.detach() for p in params]).clone()
+        eps = self.trpo.fd_eps / (theta.norm().item() + 1e-8)
+
+        def kl_grad(point: Tensor) -> Tensor:
+            set_flat_(params, point)
+            with torch.enable_grad():
+                states = self.adapt_all(train, num_tasks=valid.num_tasks)
+                _, kl, _ = self.meta_objective(states, train, valid, old)
+                grads = torch.autograd.grad(kl, params, allow_unused=True)
+            return flat([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
+
+        def fvp(v: Tensor) -> Tensor:
+            try:
+                plus = kl_grad(theta + eps * v)
+                minus = kl_grad(theta - eps * v)
+            finally:
+                set_flat_(params, theta)
+            return (plus - minus) / (2 * eps) + damping * v
+
+        return fvp
+
     CHUNK_ROWS = 16384
     """Rows (steps) per chunk of tasks in the closed-form Fisher-vector products on the CPU, in
     full precision, so that a chunk's intermediate tensors can stay in the CPU's caches. With the
@@ -334,7 +376,7 @@ class MAMLTRPO:
 
     def closed_form_curvature(self, names: list[str]) -> bool:
         """Whether the Fisher-vector products use :mod:`rl_maml.rl.curvature` (``TRPOSettings.fvp``)."""
-        if self.trpo.fvp == "autograd":
+        if self.trpo.fvp in ("autograd", "finite_difference"):
             return False
         ok = curvature_supports(self.policy, names)
         if self.trpo.fvp == "closed_form" and not ok:
@@ -410,14 +452,21 @@ class MAMLTRPO:
             train_fvp, valid_fvp = [e.first_episodes(count) for e in train], valid.first_episodes(count)
         else:
             train_fvp, valid_fvp = train, valid
-        local_fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping, states=adapted)
+        finite = self.trpo.fvp == "finite_difference"
+        if finite:
+            local_fvp = self.finite_difference_fvp(train, valid, self.trpo.cg_damping, old)
+        else:
+            local_fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping, states=adapted)
         fvp = local_fvp if self.shard is None else (lambda v: self._mean(local_fvp(v)))  # damping: weights sum to 1
         warm = self.warm_direction if self.trpo.cg_warm_start else None
         cg_info: dict = {}
         step_dir, residual = conjugate_gradient(fvp, grads, self.trpo.cg_iters, x0=warm, rel_tol=self.trpo.cg_tolerance,
                                                 info=cg_info)
         cg_logs = {"charts/cg_products": float(cg_info["products"]), "charts/cg_residual": cg_info["residual"]}
-        shs = 0.5 * (step_dir @ (grads - residual))  # = x^T F x / 2, without another product
+        if finite:  # not linear in the direction: x^T A x from a product at x, as the reference did
+            shs = 0.5 * (step_dir @ fvp(step_dir))
+        else:
+            shs = 0.5 * (step_dir @ (grads - residual))  # = x^T F x / 2, without another product
         _require_finite(step=step_dir, curvature=shs)
         if self.trpo.cg_warm_start:
             self.warm_direction = step_dir.detach().clone()
