@@ -389,6 +389,31 @@ def test_a_resumed_run_may_take_other_thread_counts(tmp_path, capsys):
     assert "'trpo.max_kl'" in capsys.readouterr().err
 
 
+def test_fvp_check_sets_the_references_products_beside_the_exact_ones(tmp_path, capsys):
+    """python -m rl_maml.experiments.fvp_check: one batch at a run's checkpoint; the exact step
+    fills the KL bound, and with a small trpo.fd_eps the finite differences agree with it (at the
+    reference's eps = 1 / |theta| this 8-unit policy is perturbed too far); not a run: exit 2."""
+    from rl_maml.experiments import fvp_check
+
+    assert main(["train", "navigation", "--run-dir", str(tmp_path / "run"), "train.num_iterations=1",
+                 "trpo.fd_eps=0.001", "trpo.inner_objective=reinforce", "--no-progress", *TINY]) == 0
+    capsys.readouterr()
+    assert fvp_check.main([str(tmp_path / "run")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["checkpoint"].endswith("iter_0000001.pt") and out["eps"] == pytest.approx(0.001 / out["theta_norm"])
+    max_kl = load_config_max_kl(tmp_path / "run")
+    assert out["exact"]["quadratic_kl_of_step"] == pytest.approx(max_kl, rel=1e-4)
+    assert out["product_at_gradient"]["relative_difference"] < 0.01 and out["direction_cosine"] > 0.9
+    assert fvp_check.main([str(tmp_path)]) == 2
+    assert "is not a run folder" in capsys.readouterr().err
+
+
+def load_config_max_kl(run_dir):
+    from rl_maml.config import load_yaml
+
+    return load_yaml(run_dir / "config.yaml")["trpo"]["max_kl"]
+
+
 def test_forward_fraction_weights_the_direction_tasks():
     """env.forward_fraction: the batched env draws forward tasks with that probability; without it
     the draws are those of the equally likely choices, unchanged."""

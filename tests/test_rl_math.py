@@ -273,6 +273,8 @@ def test_finite_difference_meta_step_trains_and_checks_its_settings(float64):
     assert not torch.equal(flat([p.detach() for p in policy.parameters()]), before)
     with pytest.raises(ValueError, match="fd_eps must be > 0"):
         TRPOSettings(fvp="finite_difference", fd_eps=0.0)
+    with pytest.raises(ValueError, match="inner_objective=reinforce"):
+        TRPOSettings(fvp="finite_difference", inner_objective="lvc")
     with pytest.raises(ValueError, match="trpo.fvp_subsample=1.0"):
         TRPOSettings(fvp="finite_difference", fvp_subsample=0.5)
     with pytest.raises(ValueError, match="keep fvp=finite_difference"):

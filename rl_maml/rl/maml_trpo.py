@@ -66,7 +66,9 @@ class TRPOSettings:
     fd_eps / |theta|`` (rllab's TensorFlow ``ConjugateGradientOptimizer`` defaulted to
     ``FiniteDifferenceHvp(num_slices)``, whose first argument is the base eps: 1). At that eps the
     product is not linear in ``v``; ``x^T A x`` for the step size is then one more product at the
-    direction, as the reference computed it. Any policy; two meta-gradient passes per product."""
+    direction, as the reference computed it. Any policy, with the REINFORCE inner loss (the
+    reference's); two meta-gradient passes per product. ``python -m rl_maml.experiments.fvp_check
+    RUN`` sets it beside the exact product on one batch."""
     fd_eps: float = 1.0
     """``trpo.fvp=finite_difference`` only: the perturbation is ``fd_eps / |theta|`` along ``v``
     (1.0: the reference's)."""
@@ -116,6 +118,10 @@ class TRPOSettings:
                              f"(or closed_form), or trpo.fvp_dtype=same to keep fvp={self.fvp}")
         if not self.fd_eps > 0:
             raise ValueError(f"fd_eps must be > 0 (the reference's: 1.0), got {self.fd_eps}")
+        if self.fvp == "finite_difference" and self.inner_objective != "reinforce":
+            raise ValueError("fvp=finite_difference differentiates the adapted parameters themselves, whose Jacobian "
+                             "the lvc objective's Hessian does not give (the product would not be symmetric); use "
+                             "inner_objective=reinforce (the reference's) or the exact products (fvp=auto)")
         if self.fvp == "finite_difference" and self.fvp_subsample < 1:
             raise ValueError("fvp=finite_difference differentiates the KL on all episodes; set trpo.fvp_subsample=1.0 "
                              "or use the exact products (fvp=auto)")
@@ -501,6 +507,6 @@ def _require_finite(**values: Tensor) -> None:
         if not torch.isfinite(v).all():
             raise FloatingPointError(
                 f"TRPO meta-step: the {name} is not finite; the policy was not updated. Lower inner.inner_lr "
-                "or trpo.max_kl and start a new run (the run is deterministic: resuming it repeats the same "
-                "computation)."
+                "or trpo.max_kl (with trpo.fvp=finite_difference, trpo.fd_eps) and start a new run (the run is "
+                "deterministic: resuming it repeats the same computation)."
             )
