@@ -40,6 +40,9 @@ def check(run_dir: Path, checkpoint: Path | None = None) -> dict:
     _, cfg = load_run_config(stored)
     if not isinstance(cfg, MetaRLConfig):
         raise ConfigError(f"{run_dir} is not a meta-RL run; the Fisher products belong to the TRPO meta-step")
+    if cfg.trpo.inner_objective != "reinforce":
+        raise ConfigError(f"{run_dir} trains with trpo.inner_objective={cfg.trpo.inner_objective}; the finite-difference "
+                          "products apply to the REINFORCE inner loss (the reference's) only")
     checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint")

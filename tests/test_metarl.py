@@ -406,6 +406,11 @@ def test_fvp_check_sets_the_references_products_beside_the_exact_ones(tmp_path, 
     assert out["product_at_gradient"]["relative_difference"] < 0.01 and out["direction_cosine"] > 0.9
     assert fvp_check.main([str(tmp_path)]) == 2
     assert "is not a run folder" in capsys.readouterr().err
+    assert main(["train", "navigation", "--run-dir", str(tmp_path / "lvc"), "train.num_iterations=1",
+                 "--no-progress", *TINY]) == 0  # the preset's LVC inner loss
+    capsys.readouterr()
+    assert fvp_check.main([str(tmp_path / "lvc")]) == 2
+    assert "REINFORCE inner loss" in capsys.readouterr().err
 
 
 def load_config_max_kl(run_dir):
