@@ -62,7 +62,7 @@ def check(run_dir: Path, checkpoint: Path | None = None) -> dict:
     finite = meta.finite_difference_fvp(train, valid, damping, old)
     at_g_exact, at_g_finite = exact(g), finite(g)
     out = {"checkpoint": str(checkpoint), "theta_norm": theta.norm().item(), "gradient_norm": g.norm().item(),
-           "eps": meta.trpo.fd_eps / (theta.norm().item() + 1e-8),
+           "eps": meta.finite_difference_eps(),
            "product_at_gradient": {"cosine": _cos(at_g_exact, at_g_finite),
                                    "relative_difference": ((at_g_finite - at_g_exact).norm() / at_g_exact.norm()).item()}}
     directions = {}

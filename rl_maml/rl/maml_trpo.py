@@ -341,6 +341,11 @@ class MAMLTRPO:
 
         return fvp
 
+    def finite_difference_eps(self) -> float:
+        """The perturbation of :meth:`finite_difference_fvp` at the current parameters:
+        ``trpo.fd_eps / (|theta| + 1e-8)``, as the reference's ``FiniteDifferenceHvp``."""
+        return self.trpo.fd_eps / (flat([p.detach() for p in self.policy.parameters()]).norm().item() + 1e-8)
+
     def finite_difference_fvp(self, train: list[Episodes], valid: Episodes, damping: float,
                               old: list[tuple[Tensor, Tensor]]) -> Callable[[Tensor], Tensor]:
         """``v -> (g(theta + eps v) - g(theta - eps v)) / (2 eps) + damping v``, ``g`` the gradient of
@@ -349,7 +354,7 @@ class MAMLTRPO:
         code's product (``TRPOSettings.fvp``). The parameters are restored after each product."""
         params = list(self.policy.parameters())
         theta = flat([p.detach() for p in params]).clone()
-        eps = self.trpo.fd_eps / (theta.norm().item() + 1e-8)
+        eps = self.finite_difference_eps()
 
         def kl_grad(point: Tensor) -> Tensor:
             set_flat_(params, point)
