@@ -503,19 +503,19 @@ def evaluate(cfg: MetaRLConfig, run_dir: Path, checkpoint: Path, out: Path | Non
         "step_sizes": step_sizes_text(eval_scales), "step_scales": eval_scales, "baseline_inner_lr": baseline_lr,
         "test_seed": e.seed,
         "test_tasks": e.test_tasks, "checkpoint_iteration": iteration, "device": str(device),
-        "steps": steps, "methods": methods,
+        "trained_inner_steps": cfg.inner.num_inner_steps, "steps": steps, "methods": methods,
     }
     if draws is not None:
         results["maml_draws"] = draws
     title = (f"{cfg.env.label}{'' if cfg.env.id else f' ({cfg.env.convention} convention)'}: return on {e.num_tasks} test tasks after k "
              f"policy-gradient steps (checkpoint at iteration {iteration})")
-    labels = {"maml": "MAML", "random": "random init", "pretrained": "pretrained (PPO, adapted)",
-              "oracle": "oracle (PPO, task observed)"}
+    labels = {"maml": maml_label(cfg.inner.num_inner_steps), "random": "random init",
+              "pretrained": "pretrained (PPO, adapted)", "oracle": "oracle (PPO, task observed)"}
     table = markdown_table(methods, steps, digits=1, labels=labels)
     if draws is not None:
         what = "episode draws on the 40 reference tasks" if e.test_tasks == "reference" else \
             f"draws of {e.num_tasks} test tasks"
-        row = f"MAML, mean over {len(draws['seeds'])} {what} (± standard deviation over draws)"
+        row = f"{labels['maml']}, mean over {len(draws['seeds'])} {what} (± standard deviation over draws)"
         table += markdown_table({row: {"mean": draws["mean"], "ci95": draws["sd_over_draws"]}}, steps,
                                 digits=1).split("\n", 2)[2]
     if e.batch_steps is None:
@@ -575,6 +575,12 @@ def reference_test_tasks(family: str) -> dict[str, torch.Tensor]:
     if threshold is None:
         return {"velocity": torch.as_tensor(goals)}
     return {"direction": torch.as_tensor(np.where(goals < threshold, -1.0, 1.0))}
+
+
+def maml_label(trained_inner_steps: int) -> str:
+    """The evaluation's name for the trained policy: "MAML", or what it is when training took no inner step
+    (``inner.num_inner_steps=0``: the meta-step was plain TRPO on the tasks' returns)."""
+    return "MAML" if trained_inner_steps > 0 else "trained policy (no inner step in training: TRPO)"
 
 
 def step_sizes_text(scales: list[float]) -> str:

@@ -67,7 +67,7 @@ def compare(results: dict, paper: dict) -> dict:
     ref = paper["families"][family]
     steps = [int(s) for s in results["steps"]]
     out: dict = {"family": family, "steps": steps, "goal": goal.tolist(), "groups": [g for g, _ in groups],
-                 "methods": {}}
+                 "methods": {}, "trained_inner_steps": results.get("trained_inner_steps")}
     for ours_name, ref_name in METHOD_NAMES.items():
         if ours_name not in results["methods"] or ref_name not in ref:
             continue
@@ -95,6 +95,9 @@ def compare(results: dict, paper: dict) -> dict:
 def markdown(cmp: dict, source: str) -> str:
     lines = [f"# {cmp['family']}: our returns beside the MAML paper's, task by task", "",
              f"Mean return per group of the 40 reference test tasks (ours / the paper's). Paper: {source}.", ""]
+    if cmp.get("trained_inner_steps") == 0:
+        lines += ["Ours was trained with no inner step (`inner.num_inner_steps=0`: plain TRPO); its `maml` rows "
+                  "set that policy beside the paper's MAML policy, not beside a policy trained like it.", ""]
     for method, res in cmp["methods"].items():
         steps = cmp["steps"][:len(res["correlation"])]
         lines += [f"## {method}", "",
@@ -130,7 +133,9 @@ def figure(cmp: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
     np.atleast_1d(axes)[0].set_ylabel("return")
     np.atleast_1d(axes)[0].legend()
-    fig.suptitle(f"{cmp['family']}: MAML per test task, ours and the paper's")
+    what = ("MAML per test task, ours and the paper's" if cmp.get("trained_inner_steps") != 0 else
+            "per test task, ours (trained with no inner step) and the paper's MAML")
+    fig.suptitle(f"{cmp['family']}: {what}")
     plots.save(fig, path)
 
 

@@ -252,6 +252,32 @@ def test_evaluation_on_the_reference_tasks_sets_the_papers_returns_beside(tmp_pa
     assert not (run / "eval" / "paper_per_task.md").exists() and not (run / "eval" / "paper_per_task.png").exists()
 
 
+def test_a_policy_trained_without_an_inner_step_is_not_called_maml(tmp_path, capsys):
+    """inner.num_inner_steps=0 trains plain TRPO: the evaluation's tables and the paper comparison say so."""
+    run = tmp_path / "trpo"
+    assert main(["train", "half_cheetah_dir_maml", "--run-dir", str(run), "--no-progress", "train.num_iterations=1",
+                 "inner.num_inner_steps=0", *TINY]) == 0
+    assert main(["eval", str(run), "eval.test_tasks=reference", "eval.num_tasks=40", "eval.baselines=[]",
+                 "eval.num_steps=0", "eval.extra_draws=1"]) == 0
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert results["trained_inner_steps"] == 0 and set(results["methods"]) == {"maml"}
+    table = (run / "eval" / "results.md").read_text()
+    assert "| trained policy (no inner step in training: TRPO) |" in table
+    assert "| trained policy (no inner step in training: TRPO), mean over 2 episode draws" in table
+    assert "| MAML" not in table
+    assert "Ours was trained with no inner step" in (run / "eval" / "paper_per_task.md").read_text()
+    capsys.readouterr()
+    # a run with an inner step keeps the name
+    maml_run = tmp_path / "maml"
+    assert main(["train", "half_cheetah_dir_maml", "--run-dir", str(maml_run), "--no-progress",
+                 "train.num_iterations=1", *TINY]) == 0
+    assert main(["eval", str(maml_run), "eval.test_tasks=reference", "eval.num_tasks=40", "eval.baselines=[]",
+                 "eval.num_steps=0"]) == 0
+    assert json.loads((maml_run / "eval" / "results.json").read_text())["trained_inner_steps"] == 1
+    assert "| MAML |" in (maml_run / "eval" / "results.md").read_text()
+    assert "Ours was trained with no inner step" not in (maml_run / "eval" / "paper_per_task.md").read_text()
+
+
 def test_curves_from_the_tensorboard_events_and_runs_side_by_side(tmp_path, capsys):
     import csv
 
