@@ -20,9 +20,10 @@ from pathlib import Path
 
 import torch
 
-from rl_maml.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from rl_maml.checkpoint import CheckpointError, latest_checkpoint
 from rl_maml.config import ConfigError
 from rl_maml.rl.trpo import conjugate_gradient, flat
+from rl_maml.training import load_learners
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,10 +47,8 @@ def check(run_dir: Path, checkpoint: Path | None = None) -> dict:
     checkpoint = checkpoint or latest_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'} holds no checkpoint")
-    state = load_checkpoint(checkpoint)
     agent = build_agent(cfg, torch.device("cpu"))
-    agent.load_state_dict(state["learners"]["maml"])
-    iteration = state["iteration"] + 1
+    iteration = load_learners(checkpoint, {"maml": agent}) + 1  # a checkpoint of another model: CheckpointError
     adaptation = agent.adapt(agent.sample_tasks(iteration), iteration)
     states, train, valid = adaptation.params, adaptation.episodes[:-1], adaptation.episodes[-1]
     meta = agent.meta
