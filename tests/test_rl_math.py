@@ -225,6 +225,42 @@ def test_structured_fvp_equals_autograd_through_the_full_graph(float64, case, me
         assert torch.allclose(structured(v), reference(v), atol=1e-10, rtol=1e-8)
 
 
+@pytest.mark.parametrize("first_order, fisher_order", [(False, "first"), (True, "second"), (True, "inner"),
+                                                       (False, "inner")])
+@pytest.mark.parametrize("method", ["closed_form", "autograd", "finite_difference"])
+def test_fisher_order_sets_the_products_jacobian_apart_from_the_meta_gradient(float64, first_order, fisher_order,
+                                                                             method):
+    """trpo.fisher_order: the product is the Hessian of the KL through the adaptation's graph
+    (second) or through adapted parameters whose inner gradient is held constant (first, J = I),
+    whatever the meta-gradient's order; ``inner`` follows inner.first_order. The two settings'
+    products differ (the test would not pass with the option ignored)."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (5, 4), "tanh")
+    train, valid = [tiny_episodes(seed=1 + s) for s in range(2)], tiny_episodes(seed=9)
+    params = list(policy.parameters())
+    second = fisher_order == "second" or (fisher_order == "inner" and not first_order)
+    extra = {"fd_eps": 1e-6} if method == "finite_difference" else {}
+    meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.3, (1.0, 0.5)), 2, first_order=first_order),
+                    TRPOSettings(fvp=method, fisher_order=fisher_order, **extra))
+    assert meta.fisher_second_order() == second
+    vs = [torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(seed))
+          for seed in range(2)]
+    expected = {}  # before the finite-difference product moves the parameters in place (and back)
+    for order in (False, True):
+        _, kl, old = meta.meta_objective(meta.adapt_all(train, create_graph=order), train, valid)
+        product = fisher_vector_product(kl, params, damping=0.01)
+        expected[order] = [product(v) for v in vs]
+    if method == "finite_difference":
+        fvp = meta.finite_difference_fvp(train, valid, 0.01, old)
+    else:
+        fvp = meta.fisher_vector_product(train, valid, damping=0.01)
+    for v, by_second, by_first in zip(vs, expected[True], expected[False]):
+        torch.testing.assert_close(fvp(v), by_second if second else by_first, atol=1e-8, rtol=1e-6)
+        assert (by_second - by_first).norm() > 1e-3 * by_second.norm()
+    with pytest.raises(ValueError, match="fisher_order must be"):
+        TRPOSettings(fisher_order="third")
+
+
 def test_finite_difference_fvp_is_the_references_product(float64):
     """trpo.fvp=finite_difference: the symmetric difference of the KL's gradient through the
     adaptation at theta +- (fd_eps / |theta|) v. With a small fd_eps it is the exact product; with

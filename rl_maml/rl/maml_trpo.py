@@ -83,6 +83,14 @@ class TRPOSettings:
     ten iterations the direction differed from float32's by 0.15% on HalfCheetahVel and by 15%
     on 2D navigation (whose policy sees a 2-dimensional observation); docs/metarl.md has
     learning curves. Needs ``fvp`` ``closed_form`` or ``auto`` with a Gaussian MLP policy."""
+    fisher_order: str = "inner"
+    """The Jacobian of the adaptation inside the Fisher-vector products, apart from the
+    meta-gradient's. ``inner``: the meta-gradient's (second order unless ``inner.first_order``).
+    ``first``: ``J = I``, the Fisher of the adapted policies in their own parameters (first-order
+    MAML's). ``second``: through the inner steps (``J^T F' J``) even with ``inner.first_order``.
+    ``first`` with a second-order meta-gradient, or ``second`` with a first-order one, separates
+    the two halves of first-order MAML (docs/locomotion.md, HalfCheetahDir). The line search
+    measures the KL of the adapted policies either way."""
     surrogate_steps: str = "final"
     """Which adapted policies the meta-step scores. ``final``: the policy after the last inner step,
     on the validation episodes (MAML). ``every``: the mean over inner steps 1..S of each adapted
@@ -125,6 +133,8 @@ class TRPOSettings:
         if self.fvp == "finite_difference" and self.fvp_subsample < 1:
             raise ValueError("fvp=finite_difference differentiates the KL on all episodes; set trpo.fvp_subsample=1.0 "
                              "or use the exact products (fvp=auto)")
+        if self.fisher_order not in ("inner", "first", "second"):
+            raise ValueError(f"fisher_order must be 'inner', 'first' or 'second', got {self.fisher_order!r}")
         if self.inner_objective not in ("reinforce", "lvc"):
             raise ValueError(f"inner_objective must be 'reinforce' or 'lvc', got {self.inner_objective!r}")
 
@@ -150,6 +160,12 @@ class MAMLTRPO:
         self.warm_direction: Tensor | None = None  # the last natural-gradient direction (trpo.cg_warm_start)
         if trpo.fvp_dtype != "same" and not self.closed_form_curvature(list(self.params())):
             raise ValueError(self._no_low_precision())
+
+    def fisher_second_order(self) -> bool:
+        """Whether the Fisher-vector products run through the inner steps (``TRPOSettings.fisher_order``)."""
+        if self.trpo.fisher_order == "inner":
+            return not self.inner.first_order
+        return self.trpo.fisher_order == "second"
 
     def _no_low_precision(self) -> str:
         return (f"trpo.fvp_dtype={self.trpo.fvp_dtype} needs the closed-form products, which do not cover this "
@@ -252,7 +268,8 @@ class MAMLTRPO:
         adapted policies, ``J = prod_s (I - alpha_s H_s)`` the Jacobian of the inner steps
         (``H_s`` the per-task Hessian of step s's inner loss). Each product then costs two
         Hessian-vector products per inner step and one through the KL, all second order, instead
-        of autograd's third-order pass through the whole graph. First-order MAML uses ``J = I``.
+        of autograd's third-order pass through the whole graph. First-order MAML uses ``J = I``
+        (``TRPOSettings.fisher_order`` sets it apart from the meta-gradient's order).
         With ``surrogate_steps="every"`` the KL is the mean over the scored steps k, whose Hessian
         is the mean of ``J_k^T F'_k J_k``: one more KL product per extra step, the Jacobian
         products shared. Equal to :func:`~rl_maml.rl.trpo.fisher_vector_product` on the full
@@ -279,7 +296,7 @@ class MAMLTRPO:
             raise ValueError(f"states must hold the parameters after 0..{len(train)} steps, got {len(states)} entries")
         for st in states:
             check_per_task(self.batched, st, M, "states")
-        second_order = not self.inner.first_order
+        second_order = self.fisher_second_order()
         dtype = None  # the products' precision (trpo.fvp_dtype), None: the parameters'
         if self.closed_form_curvature(names):
             # Closed-form products (rl_maml.rl.curvature); views of the states keep their layout
@@ -351,15 +368,29 @@ class MAMLTRPO:
         """``v -> (g(theta + eps v) - g(theta - eps v)) / (2 eps) + damping v``, ``g`` the gradient of
         the meta-step's KL (adapted again at each point, against the distributions ``old`` of the
         adapted policies before the step) and ``eps = trpo.fd_eps / |theta|``: the MAML paper's
-        code's product (``TRPOSettings.fvp``). The parameters are restored after each product."""
+        code's product (``TRPOSettings.fvp``). The parameters are restored after each product.
+
+        With a first-order Fisher (``TRPOSettings.fisher_order``) the inner steps' updates are
+        those at ``theta``, held fixed, so that the difference is ``F' v`` (``J = I``); adapting
+        again at ``theta +- eps v`` without the graph would give ``F' J v``, not symmetric."""
         params = list(self.policy.parameters())
         theta = flat([p.detach() for p in params]).clone()
         eps = self.finite_difference_eps()
+        M = valid.num_tasks
+        second_order = self.fisher_second_order()
+        if not second_order:  # each step's update at theta: the adapted parameters are point + update
+            with torch.enable_grad():
+                at_theta = self.adapt_all(train, create_graph=False, num_tasks=M)
+            updates = [{n: (st[n] - at_theta[0][n]).detach() for n in st} for st in at_theta]
 
         def kl_grad(point: Tensor) -> Tensor:
             set_flat_(params, point)
             with torch.enable_grad():
-                states = self.adapt_all(train, num_tasks=valid.num_tasks)
+                if second_order:
+                    states = self.adapt_all(train, create_graph=True, num_tasks=M)
+                else:
+                    start = self.initial_params(M)
+                    states = [{n: start[n] + u[n] for n in u} for u in updates]
                 _, kl, _ = self.meta_objective(states, train, valid, old)
                 grads = torch.autograd.grad(kl, params, allow_unused=True)
             return flat([torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)])
