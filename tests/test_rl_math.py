@@ -257,6 +257,9 @@ def test_fisher_order_sets_the_products_jacobian_apart_from_the_meta_gradient(fl
     for v, by_second, by_first in zip(vs, expected[True], expected[False]):
         torch.testing.assert_close(fvp(v), by_second if second else by_first, atol=1e-8, rtol=1e-6)
         assert (by_second - by_first).norm() > 1e-3 * by_second.norm()
+    if method == "finite_difference":  # the meta-step passes its adapted parameters: the same product
+        given = meta.finite_difference_fvp(train, valid, 0.01, old, states=meta.adapt_all(train))
+        torch.testing.assert_close(given(vs[0]), fvp(vs[0]), atol=1e-12, rtol=1e-10)
     with pytest.raises(ValueError, match="fisher_order must be"):
         TRPOSettings(fisher_order="third")
 

@@ -364,7 +364,8 @@ class MAMLTRPO:
         return self.trpo.fd_eps / (flat([p.detach() for p in self.policy.parameters()]).norm().item() + 1e-8)
 
     def finite_difference_fvp(self, train: list[Episodes], valid: Episodes, damping: float,
-                              old: list[tuple[Tensor, Tensor]]) -> Callable[[Tensor], Tensor]:
+                              old: list[tuple[Tensor, Tensor]], states: list[Params] | None = None
+                              ) -> Callable[[Tensor], Tensor]:
         """``v -> (g(theta + eps v) - g(theta - eps v)) / (2 eps) + damping v``, ``g`` the gradient of
         the meta-step's KL (adapted again at each point, against the distributions ``old`` of the
         adapted policies before the step) and ``eps = trpo.fd_eps / |theta|``: the MAML paper's
@@ -372,16 +373,19 @@ class MAMLTRPO:
 
         With a first-order Fisher (``TRPOSettings.fisher_order``) the inner steps' updates are
         those at ``theta``, held fixed, so that the difference is ``F' v`` (``J = I``); adapting
-        again at ``theta +- eps v`` without the graph would give ``F' J v``, not symmetric."""
+        again at ``theta +- eps v`` without the graph would give ``F' J v``, not symmetric.
+        ``states``: the parameters after 0..S steps at ``theta`` if already computed (the
+        meta-step's), else adapted here."""
         params = list(self.policy.parameters())
         theta = flat([p.detach() for p in params]).clone()
         eps = self.finite_difference_eps()
         M = valid.num_tasks
         second_order = self.fisher_second_order()
         if not second_order:  # each step's update at theta: the adapted parameters are point + update
-            with torch.enable_grad():
-                at_theta = self.adapt_all(train, create_graph=False, num_tasks=M)
-            updates = [{n: (st[n] - at_theta[0][n]).detach() for n in st} for st in at_theta]
+            if states is None:
+                with torch.enable_grad():
+                    states = self.adapt_all(train, create_graph=False, num_tasks=M)
+            updates = [{n: (st[n] - states[0][n]).detach() for n in st} for st in states]
 
         def kl_grad(point: Tensor) -> Tensor:
             set_flat_(params, point)
@@ -496,7 +500,7 @@ class MAMLTRPO:
             train_fvp, valid_fvp = train, valid
         finite = self.trpo.fvp == "finite_difference"
         if finite:
-            local_fvp = self.finite_difference_fvp(train, valid, self.trpo.cg_damping, old)
+            local_fvp = self.finite_difference_fvp(train, valid, self.trpo.cg_damping, old, states=adapted)
         else:
             local_fvp = self.fisher_vector_product(train_fvp, valid_fvp, self.trpo.cg_damping, states=adapted)
         fvp = local_fvp if self.shard is None else (lambda v: self._mean(local_fvp(v)))  # damping: weights sum to 1
