@@ -469,3 +469,19 @@ def test_forward_fraction_weights_the_direction_tasks():
         TaskField("direction", choices=(-1.0, 1.0), weights=(0.5, 0.6))
     with pytest.raises(ValueError, match="must give each of its choices"):
         CHEETAH_DIR_TASKS.weighted("direction", {1.0: 1.0})
+
+
+def test_fograd_preset_is_the_faithful_one_with_first_order_gradients_and_the_full_fisher():
+    """ant_dir_maml_fograd differs from ant_dir_maml in the three settings its runs were made with and
+    in nothing else, so that a run of either reproduces the documented one; its meta-step takes the
+    first-order gradient and the Fisher through the inner step."""
+    import dataclasses
+
+    from rl_maml.api import load_config
+
+    fograd = dataclasses.asdict(load_config("ant_dir_maml_fograd"))
+    faithful = dataclasses.asdict(load_config(
+        "ant_dir_maml", ["inner.first_order=true", "trpo.fisher_order=second", "trpo.fvp_dtype=bfloat16"]))
+    assert fograd.pop("name") == "ant_dir_maml_fograd" and faithful.pop("name") == "ant_dir_maml"
+    assert fograd == faithful
+    assert dataclasses.asdict(load_config("ant_dir_maml"))["inner"]["first_order"] is False
