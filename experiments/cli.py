@@ -30,10 +30,12 @@ from .registry import benchmark_module
 
 PRESETS = Path(__file__).resolve().parent / "configs"
 # Keys that may change when a run is resumed: they do not change what the run computes (the
-# thread count can change floating-point rounding, not the method; a resume that changes it is
-# no longer bit-identical to an uninterrupted run).
+# thread count and the Fisher products' precision change floating-point rounding, not the method;
+# a resume that changes them is no longer bit-identical to an uninterrupted run). The products'
+# precision is here because bfloat16 is fast only where the hardware multiplies it: a run started
+# on such a CPU (or a GPU) must continue in float32 on one without.
 RESUMABLE_CHANGES = {"train.num_iterations", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every",
-                     "train.num_threads", "train.meta_step_threads", "eval.keep_best"}
+                     "train.num_threads", "train.meta_step_threads", "eval.keep_best", "trpo.fvp_dtype"}
 
 
 def presets() -> dict[str, Path]:

@@ -403,12 +403,14 @@ def test_eval_with_out_reads_the_run_folder_and_writes_elsewhere(tmp_path, capsy
 
 
 def test_a_resumed_run_may_take_other_thread_counts(tmp_path, capsys):
-    """A run continued on another machine (or beside other work) may set its thread counts anew;
-    the task-relevant settings stay refused."""
+    """A run continued on another machine (or beside other work) may set its thread counts and its
+    Fisher products' precision anew (bfloat16 is slow on CPUs without bfloat16 units); the
+    task-relevant settings stay refused."""
     run = train_tiny_navigation(tmp_path / "run")
     assert main(["train", "--run-dir", str(run), "--resume", "--no-progress", "train.num_iterations=2",
-                 "train.meta_step_threads=1", "train.num_threads=1"]) == 0
+                 "train.meta_step_threads=1", "train.num_threads=1", "trpo.fvp_dtype=bfloat16"]) == 0
     assert (run / "checkpoints" / "iter_0000002.pt").exists()
+    assert "fvp_dtype: bfloat16" in (run / "config.yaml").read_text()  # what the run now computes with
     capsys.readouterr()
     assert main(["train", "--run-dir", str(run), "--resume", "--no-progress", "train.num_iterations=3",
                  "trpo.max_kl=0.02"]) == 2
