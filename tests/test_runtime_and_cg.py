@@ -181,3 +181,37 @@ def test_torch_threads_sets_the_count_for_the_block_and_restores_it():
                 pass
     finally:
         torch.set_num_threads(before)
+
+
+
+@pytest.mark.parametrize("hardware, warned", [(False, True), (True, False), (None, False)])
+def test_bfloat16_products_warn_once_on_a_cpu_that_emulates_bfloat16(monkeypatch, hardware, warned):
+    """Without bfloat16 matrix units (AVX2 only) torch emulates bfloat16 and the products run many
+    times slower than float32: the first bfloat16 meta-step says so, with the fix, once per
+    process; a CPU with the units, or one torch cannot probe, stays silent, as float32 always does."""
+    import warnings
+
+    monkeypatch.setattr(runtime, "cpu_multiplies_bfloat16", lambda: hardware)
+    monkeypatch.setattr(runtime, "_warned_bfloat16", False)
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(2, 2, (8,)).double()
+    caught = []
+    for dtype in ("same", "bfloat16", "bfloat16"):
+        meta = MAMLTRPO(policy, InnerLoop(ConstantStepSize(0.2), 1), TRPOSettings(fvp_dtype=dtype))
+        with warnings.catch_warnings(record=True) as got:
+            warnings.simplefilter("always")
+            meta.meta_step([tiny_episodes(seed=1)], tiny_episodes(seed=2))
+        caught.append([str(w.message) for w in got if "bfloat16 matrix units" in str(w.message)])
+    assert [len(c) for c in caught] == ([0, 1, 0] if warned else [0, 0, 0])
+    if warned:
+        assert "Set trpo.fvp_dtype=same" in caught[1][0] and "--resume trpo.fvp_dtype=same" in caught[1][0]
+
+
+def test_cpu_multiplies_bfloat16_reads_the_hardware():
+    import platform
+
+    answer = runtime.cpu_multiplies_bfloat16()
+    if platform.machine().lower() in ("x86_64", "amd64") and hasattr(torch.cpu, "_is_amx_tile_supported"):
+        assert answer == (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    else:
+        assert answer is None

@@ -25,6 +25,7 @@ from rl_maml.rl.curvature import supports as curvature_supports
 from rl_maml.rl.episodes import Episodes
 from rl_maml.rl.policy import GaussianMLPPolicy, kl_divergence, log_prob
 from rl_maml.rl.trpo import conjugate_gradient, flat, line_search, set_flat_
+from rl_maml.runtime import warn_if_bfloat16_is_emulated
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,10 @@ class TRPOSettings:
     (float32 accumulation inside each matrix product; the direction, the gradient, conjugate
     gradient's own arithmetic and the line search stay in the policy's precision). About three
     significant digits per product. Measured 1.7x faster per product on a CPU with AMX (native
-    bfloat16 matrix units); not measured on CPUs without them or on GPUs. Conjugate gradient's
+    bfloat16 matrix units); on a CPU without them (AVX2 only) a bfloat16 ``bmm`` of the policy's
+    shapes ran 15x slower than in float32, and the meta-step warns once
+    (:func:`rl_maml.runtime.warn_if_bfloat16_is_emulated`): use ``same`` there. May change on
+    ``--resume``. Conjugate gradient's
     later iterations reach the Fisher's near-null directions, where the rounding grows: after
     ten iterations the direction differed from float32's by 0.15% on HalfCheetahVel and by 15%
     on 2D navigation (whose policy sees a 2-dimensional observation); docs/metarl.md has
@@ -473,6 +477,8 @@ class MAMLTRPO:
             FloatingPointError: a non-finite loss, gradient or step (the parameters are unchanged).
         """
         params = list(self.policy.parameters())
+        if self.trpo.fvp_dtype == "bfloat16":
+            warn_if_bfloat16_is_emulated(params[0].device)
         if adapted is None:
             adapted = self.adapt_all(train, num_tasks=valid.num_tasks)
         if len(adapted) != len(train) + 1:
