@@ -140,8 +140,9 @@ def cpu_multiplies_bfloat16() -> bool | None:
     ``None`` where torch cannot tell (other architectures, or a torch without the probes).
 
     Without such units torch's bfloat16 matrix products are emulated: on a 2-core AVX2-only CPU a
-    ``bmm`` of the AntDir policy's shapes ([40, 2000, 100] x [40, 100, 100]) ran at 1.9 GFLOP/s in
-    bfloat16 against 27.7 in float32, where a CPU with AMX ran bfloat16 faster than float32."""
+    ``bmm`` of a 2x100 policy's shapes for 40 tasks ([40, 2000, 100] x [40, 100, 100]) ran at
+    1.9 GFLOP/s in bfloat16 against 27.7 in float32, where a CPU with AMX ran bfloat16 faster than
+    float32."""
     import platform
 
     import torch
@@ -166,9 +167,10 @@ def warn_if_bfloat16_is_emulated(device) -> str | None:
         return None
     _warned_bfloat16 = True
     message = ("trpo.fvp_dtype=bfloat16, but this CPU has no bfloat16 matrix units (neither AVX512-BF16 nor AMX), so "
-               "torch emulates them: the Fisher-vector products run many times slower than in float32 (a bmm of the "
-               "AntDir policy's shapes ran 15x slower on an AVX2-only CPU). Set trpo.fvp_dtype=same; a run started "
-               "with bfloat16 may switch on --resume (rl-maml train --run-dir RUN --resume trpo.fvp_dtype=same).")
+               "torch emulates them: the Fisher-vector products run many times slower than in float32 (a bmm of a "
+               "2x100 policy's shapes for 40 tasks ran 15x slower on an AVX2-only CPU). Set trpo.fvp_dtype=same; "
+               "a run started with bfloat16 may switch on --resume (rl-maml train --run-dir RUN --resume "
+               "trpo.fvp_dtype=same).")
     import warnings
 
     warnings.warn(message, RuntimeWarning, stacklevel=_caller_stacklevel())
