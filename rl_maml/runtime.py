@@ -42,6 +42,7 @@ import ctypes.util
 import os
 import sys
 from contextlib import contextmanager
+from functools import cache
 
 SPINCOUNT = "10000"
 """``GOMP_SPINCOUNT`` set when the user set no wait policy."""
@@ -135,9 +136,11 @@ def warn_if_openmp_spins() -> str | None:
     return message
 
 
+@cache
 def cpu_multiplies_bfloat16() -> bool | None:
     """Whether this CPU multiplies bfloat16 matrices in hardware (x86: AVX512-BF16 or AMX tiles);
-    ``None`` where torch cannot tell (other architectures, or a torch without the probes).
+    ``None`` where torch cannot tell (other architectures, or a torch without the probes). Probed
+    once per process: every bfloat16 meta-step asks.
 
     Without such units torch's bfloat16 matrix products are emulated: on a 2-core AVX2-only CPU a
     ``bmm`` of a 2x100 policy's shapes for 40 tasks ([40, 2000, 100] x [40, 100, 100]) ran at
